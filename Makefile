@@ -1,0 +1,33 @@
+# Entry points behind README.md's two commands: `make demo` and `make test`.
+# Everything a target needs is installed by the target itself (Debian, run as root or with sudo).
+SHELL := /bin/bash
+VENV ?= .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: demo test lint test-python test-molecule bench clean
+
+demo: ## provision a local systemd container with site.yml and show it serving time
+	bash scripts/demo
+
+test: lint test-python test-molecule ## every test: lint, unit + integration, molecule
+
+lint:
+	bash scripts/setup-venv test,lint
+	ruff check .
+	mypy
+
+test-python:
+	bash scripts/install-chrony
+	bash scripts/setup-venv test,lint
+	pytest -q -ra tests
+
+test-molecule:
+	bash scripts/molecule-test
+
+bench: ## pyresponder vs chronyd, side by side; prints the ratios
+	bash scripts/install-chrony
+	bash scripts/setup-venv test,bench
+	python bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info bench/out
