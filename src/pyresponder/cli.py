@@ -1,0 +1,249 @@
+"""Command line: ``pyresponder serve`` and ``pyresponder probe``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import __version__
+from .endpoints import Endpoint, parse_endpoint, resolve
+from .probe import probe
+from .supervisor import ServeConfig, Supervisor
+from .syncstate import SyncPolicy
+
+EXIT_OK = 0
+EXIT_UNSYNCHRONIZED = 1
+EXIT_USAGE = 2
+EXIT_NO_ANSWER = 2
+DEFAULT_LISTEN = "[::]:123"
+DEFAULT_BACKEND = "127.0.0.1:11123"
+MAX_WORKERS = 1024
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), as scripts want it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number from 1 to {MAX_WORKERS}")
+    return int(text)
+
+
+def _bytes(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of bytes")
+    return int(text)
+
+
+def _endpoint_type(default_port: int, require_ip: bool) -> argparse._ActionType:
+    def convert(text: str) -> Endpoint:
+        try:
+            return parse_endpoint(text, default_port, require_ip=require_ip)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (respects affinity and cpusets, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pyresponder",
+        description=(
+            "A multi-worker NTP server for busy NTP Pool hosts. It answers clients on every core "
+            "and takes its time state from a local chronyd, as rsntp does."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="answer NTP requests",
+        description=(
+            "Answer NTP requests with several worker processes. Sockets come from systemd "
+            "socket activation (LISTEN_FDS) when present; --listen binds more (or, without "
+            "systemd, all) of them. Replies say 'unsynchronized' (LI=3, stratum 0) whenever the "
+            "backend is silent, unsynchronized, or too far from the local clock."
+        ),
+    )
+    serve.add_argument(
+        "--listen",
+        action="append",
+        type=_endpoint_type(123, require_ip=True),
+        metavar="ADDR:PORT",
+        help=f"address to bind (repeatable); default {DEFAULT_LISTEN} (dual-stack) when "
+        "systemd passes no sockets",
+    )
+    serve.add_argument(
+        "--backend",
+        type=_endpoint_type(11123, require_ip=False),
+        default=parse_endpoint(DEFAULT_BACKEND, 11123),
+        metavar="HOST:PORT",
+        help=f"the chronyd to take time state from (default {DEFAULT_BACKEND})",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        metavar="N",
+        help=f"worker processes (default: usable CPUs, here {usable_cpus()})",
+    )
+    serve.add_argument(
+        "--backend-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="serve unsynchronized after the backend is silent this long (default 10)",
+    )
+    serve.add_argument(
+        "--max-offset",
+        type=_positive_float,
+        default=0.1,
+        metavar="S",
+        help="serve unsynchronized when the local clock is further than this from the "
+        "backend (default 0.1)",
+    )
+    serve.add_argument(
+        "--ready-timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="start serving (unsynchronized) and report READY after this long without a "
+        "synchronized backend reply (default 30)",
+    )
+    serve.add_argument(
+        "--receive-buffer",
+        type=_bytes,
+        default=8 << 20,
+        metavar="BYTES",
+        help="SO_RCVBUF to ask for on each socket, 0 to keep the system's (default 8 MiB)",
+    )
+    serve.add_argument(
+        "--stats-interval",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="log packet counters this often, 0 for never (default 300)",
+    )
+    serve.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the arguments, print the effective settings and exit",
+    )
+
+    probe_cmd = commands.add_parser(
+        "probe",
+        help="query an NTP server once",
+        description=(
+            "Send one NTP client request and print offset, delay, stratum, leap and refid. "
+            "Exit 0 when the answer is synchronized, 1 when it is not, 2 when there is none."
+        ),
+    )
+    probe_cmd.add_argument(
+        "server", type=_endpoint_type(123, require_ip=False), metavar="HOST[:PORT]"
+    )
+    probe_cmd.add_argument(
+        "--timeout", type=_positive_float, default=2.0, metavar="S", help="default 2"
+    )
+    probe_cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    listen: list[Endpoint] = args.listen or []
+    systemd = bool(os.environ.get("LISTEN_FDS"))
+    if not listen and not systemd:
+        listen = [parse_endpoint(DEFAULT_LISTEN, 123)]
+    return ServeConfig(
+        listen=tuple(listen),
+        backend=args.backend,
+        workers=args.workers or usable_cpus(),
+        policy=SyncPolicy(backend_timeout=args.backend_timeout, max_offset=args.max_offset),
+        ready_timeout=args.ready_timeout,
+        receive_buffer=args.receive_buffer,
+        stats_interval=max(args.stats_interval, 0.0),
+    )
+
+
+def _setup_logging() -> None:
+    # journald adds its own timestamps; a terminal or a file wants them in the line.
+    fmt = "%(levelname)s %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt)
+
+
+def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    config = serve_config(args)
+    try:
+        resolve(config.backend)
+    except ValueError as error:
+        parser.error(f"argument --backend: {error}")
+    if args.check_config:
+        listen = ", ".join(map(str, config.listen)) or "-"
+        print(
+            f"ok: listen {listen}"
+            f"{' + systemd sockets' if os.environ.get('LISTEN_FDS') else ''}; "
+            f"backend {config.backend}; workers {config.workers}; "
+            f"backend-timeout {config.policy.backend_timeout} s; "
+            f"max-offset {config.policy.max_offset} s; ready-timeout {config.ready_timeout} s"
+        )
+        return EXIT_OK
+    _setup_logging()
+    try:
+        return Supervisor(config).run()
+    except (OSError, ValueError) as error:
+        logging.getLogger("pyresponder").error("cannot serve: %s", error)
+        return 1
+
+
+def _probe(args: argparse.Namespace) -> int:
+    try:
+        result = probe(args.server, timeout=args.timeout)
+    except (OSError, ValueError) as error:
+        print(f"pyresponder probe: {args.server}: {error}", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    if result is None:
+        if args.json:
+            failure = {"host": args.server.host, "port": args.server.port, "error": "no answer"}
+            print(json.dumps(failure))
+        else:
+            print(f"{args.server}: no answer within {args.timeout} s", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    print(json.dumps(result.as_dict()) if args.json else result.summary())
+    return EXIT_OK if result.synchronized else EXIT_UNSYNCHRONIZED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args, parser)
+    return _probe(args)

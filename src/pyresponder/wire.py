@@ -1,0 +1,204 @@
+"""NTP wire format: pure functions, bytes in and bytes out, no I/O and no clock reads.
+
+Timestamps are handled as raw 64-bit NTP values (32.32 fixed point seconds since 1900, modulo the
+era) so the hot path never converts to floats.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+PACKET_LEN: Final = 48
+NTP_UNIX_OFFSET: Final = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
+_NS_PER_S: Final = 1_000_000_000
+_ERA: Final = 1 << 64  # one NTP era in 2**-32 s units
+
+MODE_RESERVED: Final = 0
+MODE_SYMMETRIC_ACTIVE: Final = 1
+MODE_SYMMETRIC_PASSIVE: Final = 2
+MODE_CLIENT: Final = 3
+MODE_SERVER: Final = 4
+
+LEAP_NONE: Final = 0
+LEAP_ADD_SECOND: Final = 1
+LEAP_DELETE_SECOND: Final = 2
+LEAP_UNSYNCHRONIZED: Final = 3
+
+NTP_PORT: Final = 123
+
+# Why a request is not answered; the values index the per-worker drop counters.
+DROP_LENGTH: Final = -1  # shorter than 48 bytes or not a multiple of 4
+DROP_VERSION: Final = -2  # version 0 or above 4
+DROP_MODE: Final = -3  # server, broadcast, control (6), private (7) or reserved mode
+
+_HEADER: Final = struct.Struct("!BBbbII4sQQQQ")
+_SERVER_PART: Final = struct.Struct("!BBbbII4sQ")  # the first 24 bytes, shared by all replies
+_TIMESTAMPS: Final = struct.Struct("!QQ")
+_U64: Final = struct.Struct("!Q")
+
+
+def reply_mode(first_byte: int, length: int, source_port: int) -> int:
+    """Return the mode to answer a request with, or a negative ``DROP_*`` reason.
+
+    Follows chrony: mode 3 gets mode 4, mode 1 gets mode 2, an NTPv1 request (which has no mode
+    field) gets mode 4 unless it comes from port 123. Everything else, including the control and
+    private modes used for amplification attacks, is dropped.
+    """
+    if length < PACKET_LEN or length & 3:
+        return DROP_LENGTH
+    version = (first_byte >> 3) & 7
+    if version < 1 or version > 4:
+        return DROP_VERSION
+    mode = first_byte & 7
+    if mode == MODE_CLIENT:
+        return MODE_SERVER
+    if mode == MODE_SYMMETRIC_ACTIVE:
+        return MODE_SYMMETRIC_PASSIVE
+    if mode == MODE_RESERVED and version == 1 and source_port != NTP_PORT:
+        return MODE_SERVER
+    return DROP_MODE
+
+
+def write_reply(
+    out: bytearray,
+    request: bytes | bytearray | memoryview,
+    mode: int,
+    header: bytes,
+    receive_ts: int,
+    transmit_ts: int,
+) -> None:
+    """Fill ``out[:48]`` with the reply to ``request``.
+
+    ``header`` is the 24-byte server part from :func:`server_header` (leap, stratum, precision,
+    root delay and dispersion, refid, reference time). Version and poll are echoed from the
+    request and its transmit timestamp becomes the origin timestamp bit for bit, which is all a
+    data-minimized client needs.
+    """
+    out[0:24] = header
+    out[0] = (header[0] & 0xC0) | (request[0] & 0x38) | mode
+    out[2] = request[2]
+    out[24:32] = request[40:48]
+    _TIMESTAMPS.pack_into(out, 32, receive_ts, transmit_ts)
+
+
+def server_header(
+    leap: int,
+    stratum: int,
+    precision: int,
+    root_delay: float,
+    root_dispersion: float,
+    refid: bytes,
+    reference_ts: int,
+) -> bytes:
+    """Build the 24 leading bytes of every reply: the state a server shares with all clients."""
+    if len(refid) != 4:
+        raise ValueError("refid must be 4 bytes")
+    return _SERVER_PART.pack(
+        (leap & 3) << 6,
+        stratum & 0xFF,
+        0,
+        max(-128, min(127, precision)),
+        short_from_seconds(root_delay),
+        short_from_seconds(root_dispersion),
+        refid,
+        reference_ts & 0xFFFF_FFFF_FFFF_FFFF,
+    )
+
+
+def client_request(transmit: bytes, version: int = 4) -> bytes:
+    """A 48-byte mode-3 request carrying ``transmit`` (8 bytes) as its transmit timestamp.
+
+    Every other field is zero, as a data-minimized client (RFC 9109 style) sends it.
+    """
+    if len(transmit) != 8:
+        raise ValueError("transmit timestamp must be 8 bytes")
+    return bytes([(version << 3) | MODE_CLIENT]) + bytes(39) + transmit
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """A decoded NTP packet header (extension fields and MACs are ignored)."""
+
+    leap: int
+    version: int
+    mode: int
+    stratum: int
+    poll: int
+    precision: int
+    root_delay: float
+    root_dispersion: float
+    refid: bytes
+    reference_ts: int
+    origin_ts: int
+    receive_ts: int
+    transmit_ts: int
+
+    @property
+    def origin_raw(self) -> bytes:
+        return _U64.pack(self.origin_ts)
+
+
+def parse_packet(data: bytes | bytearray | memoryview) -> Packet:
+    """Decode the 48-byte header; raises ValueError when the data cannot be an NTP packet."""
+    if len(data) < PACKET_LEN:
+        raise ValueError(f"NTP packet too short: {len(data)} bytes")
+    (
+        first,
+        stratum,
+        poll,
+        precision,
+        root_delay,
+        root_dispersion,
+        refid,
+        reference_ts,
+        origin_ts,
+        receive_ts,
+        transmit_ts,
+    ) = _HEADER.unpack_from(data)
+    return Packet(
+        leap=first >> 6,
+        version=(first >> 3) & 7,
+        mode=first & 7,
+        stratum=stratum,
+        poll=poll,
+        precision=precision,
+        root_delay=root_delay / 65536.0,
+        root_dispersion=root_dispersion / 65536.0,
+        refid=refid,
+        reference_ts=reference_ts,
+        origin_ts=origin_ts,
+        receive_ts=receive_ts,
+        transmit_ts=transmit_ts,
+    )
+
+
+def short_from_seconds(seconds: float) -> int:
+    """NTP short format (16.16 fixed point), saturating instead of wrapping."""
+    if seconds <= 0.0:
+        return 0
+    return min(int(seconds * 65536.0 + 0.5), 0xFFFF_FFFF)
+
+
+def ntp_from_unix_ns(unix_ns: int) -> int:
+    """Unix time in nanoseconds to a 64-bit NTP timestamp (wraps at the 2036 era boundary)."""
+    seconds, nanos = divmod(unix_ns, _NS_PER_S)
+    return (((seconds + NTP_UNIX_OFFSET) & 0xFFFF_FFFF) << 32) | ((nanos << 32) // _NS_PER_S)
+
+
+def unix_ns_from_ntp(timestamp: int, pivot_unix_ns: int) -> int:
+    """A 64-bit NTP timestamp to Unix nanoseconds, in the era closest to ``pivot_unix_ns``."""
+    pivot = (pivot_unix_ns + NTP_UNIX_OFFSET * _NS_PER_S) * (1 << 32) // _NS_PER_S
+    delta = (timestamp - pivot) % _ERA
+    if delta >= _ERA // 2:
+        delta -= _ERA
+    ntp_units = pivot + delta
+    return ntp_units * _NS_PER_S // (1 << 32) - NTP_UNIX_OFFSET * _NS_PER_S
+
+
+def refid_text(refid: bytes, stratum: int) -> str:
+    """Human form of a refid: ASCII for stratum 0/1 (kiss codes, clock names), else IPv4."""
+    if stratum <= 1:
+        return refid.rstrip(b"\0").decode("ascii", "replace")
+    return ".".join(str(b) for b in refid)

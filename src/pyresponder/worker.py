@@ -1,0 +1,167 @@
+"""A worker process: reads requests from the shared sockets and answers them.
+
+Every worker reads every listening socket (non-blocking, woken by epoll with EPOLLEXCLUSIVE so one
+datagram wakes one worker). The reply's first 24 bytes come from a header that is refreshed from
+shared memory ten times a second, never per packet.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from typing import Final
+
+from . import wire
+from .shared import ANSWERED, COUNTER_NAMES, DROP_BASE, RECEIVED, SEND_ERRORS, SharedState
+from .sockets import IP_PKTINFO, IPV6_PKTINFO, SCM_TIMESTAMPNS, Listener
+from .syncstate import SyncPolicy, evaluate
+
+log = logging.getLogger(__name__)
+
+REFRESH_INTERVAL: Final = 0.1  # seconds between reads of the shared backend state
+DRAIN_LIMIT: Final = 64  # datagrams read from one socket before the next socket gets a turn
+RECEIVE_SIZE: Final = 2048  # larger requests are truncated and dropped
+_ANCILLARY_SIZE: Final = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(20) + 64
+_TIMESPEC: Final = struct.Struct("@qq")
+_U64: Final = struct.Struct("!Q")
+_PR_SET_PDEATHSIG: Final = 1
+_NS_PER_S: Final = 1_000_000_000
+
+
+class Worker:
+    def __init__(
+        self,
+        index: int,
+        listeners: list[Listener],
+        shared: SharedState,
+        policy: SyncPolicy,
+        parent_pid: int,
+    ) -> None:
+        self.index = index
+        self.listeners = listeners
+        self.shared = shared
+        self.policy = policy
+        self.parent_pid = parent_pid
+        self.stopping = False
+        self.counters = shared.load_counters(index)  # continue the totals of a dead predecessor
+        self.header = b""
+        self.leap_bits = 0
+        self._next_refresh = 0.0
+        # Preallocated once: the loop reuses them for every packet.
+        self._request = bytearray(RECEIVE_SIZE)
+        self._request_buffers = [self._request]
+        self._reply = bytearray(wire.PACKET_LEN)
+        self._reply_buffers = [self._reply]
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stopping = True  # finish the packets in hand, then exit
+
+    def run(self) -> int:
+        _die_with_parent()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.set_wakeup_fd(-1)
+        poller = select.epoll()
+        by_fd = {}
+        for listener in self.listeners:
+            poller.register(listener.sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            by_fd[listener.sock.fileno()] = listener
+        self._refresh(time.monotonic())
+        try:
+            while not self.stopping:
+                for fd, _events in poller.poll(REFRESH_INTERVAL):
+                    self._drain(by_fd[fd])
+                now = time.monotonic()
+                if now >= self._next_refresh:
+                    self._refresh(now)
+        finally:
+            self.shared.store_counters(self.index, self.counters)
+            poller.close()
+        return 0
+
+    def _refresh(self, now: float) -> None:
+        state = evaluate(self.shared.latest(), now, self.policy)
+        self.header = state.header
+        self.shared.store_counters(self.index, self.counters)
+        self._next_refresh = now + REFRESH_INTERVAL
+        if os.getppid() != self.parent_pid:
+            log.error("worker %d: supervisor is gone, exiting", self.index)
+            self.stopping = True
+
+    def _drain(self, listener: Listener) -> None:
+        sock = listener.sock
+        wildcard = listener.wildcard
+        buffer, buffers = self._request, self._request_buffers
+        reply = self._reply
+        counters = self.counters
+        header = self.header
+        time_ns = time.time_ns
+        for _ in range(DRAIN_LIMIT):
+            try:
+                length, ancillary, flags, address = sock.recvmsg_into(buffers, _ANCILLARY_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                log.warning("worker %d: receive on %s failed: %s", self.index, listener.name, error)
+                return
+            counters[RECEIVED] += 1
+            mode = wire.reply_mode(buffer[0], length, address[1]) if length else wire.DROP_LENGTH
+            if flags & socket.MSG_TRUNC:
+                mode = wire.DROP_LENGTH
+            if mode < 0:
+                counters[DROP_BASE - mode] += 1
+                continue
+            receive_ns = 0
+            pktinfo = None
+            for level, kind, data in ancillary:
+                if kind == SCM_TIMESTAMPNS and level == socket.SOL_SOCKET:
+                    seconds, nanos = _TIMESPEC.unpack(data)
+                    receive_ns = seconds * _NS_PER_S + nanos
+                elif wildcard:
+                    pktinfo = _reply_pktinfo(level, kind, data)
+            if not receive_ns:
+                receive_ns = time_ns()
+            wire.write_reply(reply, buffer, mode, header, wire.ntp_from_unix_ns(receive_ns), 0)
+            # The transmit timestamp is read last, as close to the send as Python allows.
+            _U64.pack_into(reply, 40, wire.ntp_from_unix_ns(time_ns()))
+            try:
+                if pktinfo is None:
+                    sock.sendto(reply, address)
+                else:
+                    sock.sendmsg(self._reply_buffers, [pktinfo], 0, address)
+            except OSError:
+                counters[SEND_ERRORS] += 1
+                continue
+            counters[ANSWERED] += 1
+
+
+def _reply_pktinfo(level: int, kind: int, data: bytes) -> tuple[int, int, bytes] | None:
+    """Ancillary data that makes a reply leave from the address the request was sent to."""
+    if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+        # struct in_pktinfo {ifindex, spec_dst, addr}: set spec_dst to the request's destination.
+        return (socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + data[8:12] + bytes(4))
+    if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 20:
+        # struct in6_pktinfo {addr, ifindex}: the same address, on the interface it came in on.
+        return (socket.IPPROTO_IPV6, IPV6_PKTINFO, bytes(data[:20]))
+    return None
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this worker if the supervisor dies (SIGKILL included)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the parent-pid check in _refresh still catches it
+
+
+def counter_summary(totals: dict[str, int]) -> str:
+    return ", ".join(f"{name} {totals[name]}" for name in COUNTER_NAMES)
