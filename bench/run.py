@@ -1,0 +1,696 @@
+"""Benchmark: pyresponder against chronyd on loopback, side by side.
+
+For each server (chronyd itself, pyresponder with 1 worker, pyresponder with 2 workers) the offered
+load is swept upwards with ``bench/ntpload`` (a C sendmmsg/recvmmsg generator) to find the largest
+reply rate at less than 1% loss. Servers are interleaved within each repetition and the medians over
+the repetitions are reported, with the replies per second of server CPU time at that peak, the p99
+response time at half of that peak, and the ratios against chronyd.
+
+Usage: python bench/run.py [--quick] [--reps N] [--duration S] [--out DIR]
+
+Safety: traffic goes to 127.0.0.1 only; chronyd runs with -x (never touches the clock); every step
+of load is bounded in time and count by ntpload itself; only processes started here are stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.chronyd import Chronyd, free_udp_port  # noqa: E402
+
+LOSS_LIMIT = 0.01  # a step passes when fewer than 1% of the requests got no on-time reply
+SEND_SHORTFALL = 0.95  # below this fraction of the target the generator could not offer the load
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---- configuration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    reps: int
+    duration: float
+    start_rate: int
+    factor: float
+    max_rate: int
+    bisections: int
+    gen_threads: int
+    gen_sockets: int
+    drain_ms: int
+    late_ms: int
+    settle: float
+    servers: tuple[str, ...]
+    out: Path
+    quick: bool
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="short smoke run (< 60 s)")
+    parser.add_argument("--reps", type=int, help="repetitions per server (default 3; quick 1)")
+    parser.add_argument(
+        "--duration", type=float, help="seconds of load per step (default 2; quick 0.5; max 30)"
+    )
+    parser.add_argument("--out", type=Path, default=BENCH / "out", help="output folder")
+    parser.add_argument(
+        "--servers",
+        default="chronyd,py1,py2",
+        help="comma-separated subset of chronyd,py1,py2 (py<N> = pyresponder with N workers)",
+    )
+    parser.add_argument("--start-rate", type=int, help="first offered rate, requests/s")
+    parser.add_argument("--max-rate", type=int, default=600_000, help="highest offered rate")
+    parser.add_argument(
+        "--gen-threads", type=int, default=2, choices=(1, 2), help="ntpload threads (default 2)"
+    )
+    parser.add_argument("--gen-sockets", type=int, default=16, help="ntpload source sockets")
+    parser.add_argument(
+        "--late-ms",
+        type=int,
+        default=20,
+        help="a reply later than this counts as lost (default 20 ms): deep receive buffers "
+        "queue rather than drop when a server cannot keep up",
+    )
+    args = parser.parse_args(argv)
+    quick: bool = args.quick
+    reps = args.reps if args.reps is not None else (1 if quick else 3)
+    duration = args.duration if args.duration is not None else (0.5 if quick else 2.0)
+    if reps < 1 or not 0 < duration <= 30:
+        parser.error("--reps must be >= 1 and --duration in (0, 30]")
+    servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
+    for name in servers:
+        if name != "chronyd" and not (name.startswith("py") and name[2:].isdigit()):
+            parser.error(f"unknown server {name!r}")
+    return Config(
+        reps=reps,
+        duration=duration,
+        start_rate=args.start_rate or (20_000 if quick else 30_000),
+        factor=1.5 if quick else 1.25,
+        max_rate=args.max_rate,
+        bisections=1 if quick else 2,
+        gen_threads=args.gen_threads,
+        gen_sockets=args.gen_sockets,
+        drain_ms=200 if quick else 300,
+        late_ms=args.late_ms,
+        settle=0.1 if quick else 0.3,
+        servers=servers,
+        out=args.out,
+        quick=quick,
+    )
+
+
+# ---- the load generator ------------------------------------------------------------------------
+
+
+def build_ntpload(out: Path) -> Path:
+    """Compile bench/ntpload.c into OUT when the binary is missing or older than the source."""
+    source = BENCH / "ntpload.c"
+    binary = out / "ntpload"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        out.mkdir(parents=True, exist_ok=True)
+        cc = shutil.which("gcc") or shutil.which("cc")
+        if cc is None:
+            raise SystemExit("bench: gcc is needed to build bench/ntpload.c (apt-get install gcc)")
+        subprocess.run([cc, "-O2", "-Wall", "-pthread", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+@dataclass
+class Step:
+    """One bounded burst of load at one offered rate, as ntpload and /proc saw it."""
+
+    target: int
+    send_rate: float
+    reply_rate: float
+    loss: float
+    loss_or_late: float
+    sent: int
+    matched: int
+    late: int
+    p50_us: int
+    p99_us: int
+    gen_cpu_s: float
+    server_cpu_s: float
+    duration_s: float
+    kind: str = "grid"  # grid, bisect (refining the knee) or half (latency at half the max)
+
+    @property
+    def gen_limited(self) -> bool:
+        return self.send_rate < SEND_SHORTFALL * self.target
+
+    @property
+    def served(self) -> bool:
+        """The server answered all but < 1% of what was sent, on time."""
+        return self.loss_or_late < LOSS_LIMIT
+
+    @property
+    def ok(self) -> bool:
+        return self.served and not self.gen_limited
+
+    @property
+    def verdict(self) -> str:
+        if not self.served:
+            return "LOSS" if self.loss >= LOSS_LIMIT else "LATE"
+        return "GEN-LIMITED" if self.gen_limited else "ok"
+
+    @property
+    def ontime_rate(self) -> float:
+        """Replies per second that came back within the late limit."""
+        return (self.matched - self.late) / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.matched / self.server_cpu_s if self.server_cpu_s > 0 else 0.0
+
+
+def proc_tree(root: int) -> list[int]:
+    """ROOT and all its descendants, found by scanning /proc for parent ids."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(parents.get(pid, []))
+    return tree
+
+
+def cpu_times(root: int) -> dict[int, float]:
+    """utime + stime in seconds of ROOT and each of its descendants."""
+    times: dict[int, float] = {}
+    for pid in proc_tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        times[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return times
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+def run_step(cfg: Config, binary: Path, port: int, server_pid: int, rate: int) -> Step:
+    cmd = [
+        str(binary),
+        "-r", str(rate),
+        "-d", str(cfg.duration),
+        "-s", str(cfg.gen_sockets),
+        "-t", str(cfg.gen_threads),
+        "-w", str(cfg.drain_ms),
+        "-l", str(cfg.late_ms),
+        "127.0.0.1", str(port),
+    ]  # fmt: skip
+    before = cpu_times(server_pid)
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=cfg.duration + 15
+    )
+    after = cpu_times(server_pid)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ntpload failed ({proc.returncode}): {proc.stderr.strip()}")
+    r: dict[str, Any] = json.loads(proc.stdout)
+    time.sleep(cfg.settle)
+    return Step(
+        target=rate,
+        send_rate=float(r["send_rate"]),
+        reply_rate=float(r["reply_rate"]),
+        loss=float(r["loss"]),
+        loss_or_late=float(r["loss_or_late"]),
+        sent=int(r["sent"]),
+        matched=int(r["matched"]),
+        late=int(r["late"]),
+        p50_us=int(r["p50_us"]),
+        p99_us=int(r["p99_us"]),
+        gen_cpu_s=float(r["gen_cpu_s"]),
+        server_cpu_s=cpu_used(before, after),
+        duration_s=float(r["duration_s"]),
+    )
+
+
+# ---- servers -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    key: str
+    label: str
+    port: int
+    pid: int
+
+
+def pyresponder_bin() -> str | None:
+    beside = Path(sys.executable).parent / "pyresponder"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("pyresponder")
+
+
+def probe_ok(port: int) -> bool:
+    """True when 127.0.0.1:PORT answers a client request with a synchronized mode-4 reply."""
+    request = bytes([0x23]) + bytes(39) + os.urandom(8)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.3)
+        try:
+            sock.sendto(request, ("127.0.0.1", port))
+            reply = sock.recv(1024)
+        except OSError:
+            return False
+    return (
+        len(reply) >= 48
+        and reply[0] & 7 == 4
+        and reply[0] >> 6 != 3
+        and reply[1] != 0
+        and reply[24:32] == request[40:48]
+    )
+
+
+class PyResponder:
+    """``pyresponder serve`` on 127.0.0.1 with N workers, fed by the benchmark's chronyd."""
+
+    def __init__(self, binary: str, workers: int, backend_port: int, logdir: Path) -> None:
+        self.port = free_udp_port()
+        self.workers = workers
+        self.log_path = logdir / f"pyresponder-{workers}w.log"
+        cmd = [
+            binary, "serve",
+            "--listen", f"127.0.0.1:{self.port}",
+            "--backend", f"127.0.0.1:{backend_port}",
+            "--workers", str(workers),
+        ]  # fmt: skip
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"pyresponder exited early:\n{self.log()}")
+            if probe_ok(self.port):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"pyresponder did not serve within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        """SIGTERM the process we started; then SIGKILL, by pid, whatever of its tree remains."""
+        tree = proc_tree(self.process.pid)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        for pid in tree[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def servers_running(cfg: Config, notes: list[str]) -> Iterator[list[Server]]:
+    chronyd = Chronyd()
+    started: list[PyResponder] = []
+    try:
+        chronyd.start()
+        servers: list[Server] = []
+        binary = pyresponder_bin()
+        for key in cfg.servers:
+            if key == "chronyd":
+                servers.append(Server(key, "chronyd", chronyd.port, chronyd.pid()))
+                continue
+            workers = int(key[2:])
+            label = f"pyresponder {workers}w"
+            if binary is None:
+                notes.append(f"{label}: skipped, no pyresponder executable in this environment")
+                continue
+            resp = PyResponder(binary, workers, chronyd.port, cfg.out)
+            started.append(resp)
+            try:
+                resp.wait_ready()
+            except (RuntimeError, TimeoutError) as exc:
+                notes.append(f"{label}: skipped, it did not serve: {str(exc).splitlines()[0]}")
+                resp.stop()
+                continue
+            servers.append(Server(key, label, resp.port, resp.process.pid))
+        yield servers
+    finally:
+        for resp in started:
+            resp.stop()
+        chronyd.cleanup()
+
+
+# ---- the sweep ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Sweep:
+    server: str
+    rep: int
+    steps: list[Step] = field(default_factory=list)
+    best: Step | None = None
+    half: Step | None = None
+    gen_bound: bool = False
+
+
+def rate_grid(cfg: Config) -> list[int]:
+    rates, rate = [], float(cfg.start_rate)
+    while rate <= cfg.max_rate:
+        rates.append(int(round(rate, -3)))
+        rate *= cfg.factor
+    return rates
+
+
+def sweep(cfg: Config, binary: Path, server: Server, rep: int) -> Sweep:
+    """Raise the offered load along the grid until the server fails, then bisect the knee."""
+    result = Sweep(server.key, rep)
+
+    def step(rate: int, kind: str) -> Step:
+        s = run_step(cfg, binary, server.port, server.pid, rate)
+        s.kind = kind
+        result.steps.append(s)
+        print(
+            f"  {server.label:15s} rep {rep + 1} offered {rate:>7d}/s: sent {s.send_rate:>7.0f}/s "
+            f"replies {s.reply_rate:>7.0f}/s loss {s.loss:6.2%} late {s.late / max(s.sent, 1):6.2%}"
+            f" p99 {s.p99_us / 1000:7.2f} ms CPU server {s.server_cpu_s:4.2f} s "
+            f"gen {s.gen_cpu_s:4.2f} s  {s.verdict}",
+            flush=True,
+        )
+        return s
+
+    # Walk up the grid; stop after two failed steps in a row or one clear collapse. A single
+    # failed step below a passing one is noise on this shared machine (a few ms of descheduling
+    # overflows chronyd's default receive buffer), so the sweep goes on past it.
+    failures = 0
+    gen_stop = False
+    for rate in rate_grid(cfg):
+        s = step(rate, "grid")
+        if s.ok:
+            failures = 0
+            continue
+        if s.served and s.gen_limited:
+            gen_stop = True
+            break
+        failures += 1
+        if failures >= 2 or s.loss_or_late > 0.2:
+            break
+    passing = [st for st in result.steps if st.ok]
+    best = max(passing, key=lambda st: st.reply_rate, default=None)
+    lo = best.target if best else 0
+    above = [st.target for st in result.steps if not st.ok and st.target > lo]
+    hi = min(above, default=0)
+    result.gen_bound = gen_stop and not any(not st.served and st.target > lo for st in result.steps)
+    # Bisect between the best passing rate and the next failing one.
+    for _ in range(cfg.bisections if hi else 0):
+        mid = int(round((lo + hi) / 2, -3))
+        if mid <= lo or mid >= hi:
+            break
+        s = step(mid, "bisect")
+        if s.ok:
+            lo = mid
+            if best is None or s.reply_rate > best.reply_rate:
+                best = s
+        else:
+            hi = mid
+    result.best = best
+    if best is not None:
+        half = int(round(best.reply_rate / 2, -2))
+        result.half = step(max(half, 1000), "half")
+    return result
+
+
+# ---- summary -----------------------------------------------------------------------------------
+
+
+def med(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarize(cfg: Config, servers: list[Server], sweeps: list[Sweep]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for srv in servers:
+        mine = [s for s in sweeps if s.server == srv.key]
+        bests = [s.best for s in mine if s.best is not None]
+        halves = [s.half for s in mine if s.half is not None]
+        summary[srv.key] = {
+            "label": srv.label,
+            "max_replies_per_s": med([b.reply_rate for b in bests]),
+            "max_replies_per_s_each": [round(b.reply_rate) for b in bests],
+            "replies_per_cpu_s": med([b.per_cpu_s for b in bests]),
+            "server_cpu_share_at_max": med([b.server_cpu_s / b.duration_s for b in bests]),
+            "gen_cpu_share_at_max": med([b.gen_cpu_s / b.duration_s for b in bests]),
+            "p99_us_at_half_max": med([float(h.p99_us) for h in halves]),
+            "p50_us_at_half_max": med([float(h.p50_us) for h in halves]),
+            "gen_bound_sweeps": sum(1 for s in mine if s.gen_bound),
+            "sweeps": len(mine),
+        }
+    base = summary.get("chronyd")
+    for entry in summary.values():
+        ratios: dict[str, float | None] = {}
+        for k in ("max_replies_per_s", "replies_per_cpu_s", "p99_us_at_half_max"):
+            a, b = entry[k], base[k] if base else None
+            ratios[k] = round(a / b, 3) if a and b else None
+        entry["vs_chronyd"] = ratios
+    return summary
+
+
+def chart_points(sweeps: list[Sweep], key: str) -> list[tuple[int, float, float, float]]:
+    """Per grid rate, medians over the reps: (offered, send rate, on-time replies/s, replies/s)."""
+    by_rate: dict[int, list[Step]] = {}
+    for sw in sweeps:
+        if sw.server != key:
+            continue
+        for st in sw.steps:
+            if st.kind == "grid":
+                by_rate.setdefault(st.target, []).append(st)
+    return [
+        (
+            rate,
+            statistics.median(s.send_rate for s in steps),
+            statistics.median(s.ontime_rate for s in steps),
+            statistics.median(s.reply_rate for s in steps),
+        )
+        for rate, steps in sorted(by_rate.items())
+    ]
+
+
+def write_chart(path: Path, servers: list[Server], sweeps: list[Sweep], title: str) -> bool:
+    try:
+        import matplotlib  # noqa: PLC0415 (optional: the bench extra)
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    top = 0.0
+    for srv in servers:
+        pts = chart_points(sweeps, srv.key)
+        if not pts:
+            continue
+        xs = [p[1] / 1000 for p in pts]
+        ys = [p[2] / 1000 for p in pts]
+        all_ys = [p[3] / 1000 for p in pts]
+        top = max(top, *xs, *all_ys)
+        (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=srv.label)
+        ax.plot(xs, all_ys, linestyle="--", linewidth=1, color=line.get_color(), alpha=0.5)
+    ax.plot([0, top], [0, top], linestyle=":", color="grey", label="replies = offered")
+    ax.plot([], [], linestyle="--", color="grey", alpha=0.5, label="dashed: all replies, late too")
+    ax.set_xlabel("offered load (requests/s, thousands; medians of achieved send rate)")
+    ax.set_ylabel("replies/s within the late limit (thousands)")
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    chronyd = shutil.which("chronyd") or "/usr/sbin/chronyd"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [chronyd, "-v"], check=False, capture_output=True, text=True, timeout=5
+        )
+        info["chronyd"] = out.stdout.strip().split(" (")[0]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        info["commit"] = out.stdout.strip()
+    return info
+
+
+def fmt_rate(v: float | None) -> str:
+    return "-" if v is None else f"{v / 1000:.0f}k"
+
+
+def fmt_ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.2f} ms"
+
+
+def fmt_ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def report(cfg: Config, summary: dict[str, Any], notes: list[str]) -> str:
+    lines = [
+        "",
+        f"Medians of {cfg.reps} interleaved repetition(s); max = highest matched replies/s "
+        f"with < {LOSS_LIMIT:.0%} of requests lost or answered later than {cfg.late_ms} ms; "
+        f"{cfg.duration:g} s per step.",
+        f"{'server':16s} {'max/s':>8s} {'per CPU-s':>10s} {'p99@half':>10s} "
+        f"{'each max/s':>24s}  {'vs chronyd (max / per CPU-s / p99)':s}",
+    ]
+    for entry in summary.values():
+        r = entry["vs_chronyd"]
+        each = ",".join(fmt_rate(v) for v in entry["max_replies_per_s_each"])
+        lines.append(
+            f"{entry['label']:16s} {fmt_rate(entry['max_replies_per_s']):>8s} "
+            f"{fmt_rate(entry['replies_per_cpu_s']):>10s} "
+            f"{fmt_ms(entry['p99_us_at_half_max']):>10s} {each:>24s}  "
+            f"{fmt_ratio(r['max_replies_per_s'])} / {fmt_ratio(r['replies_per_cpu_s'])} / "
+            f"{fmt_ratio(r['p99_us_at_half_max'])}"
+        )
+    lines.append("")
+    gen_shares = [e["gen_cpu_share_at_max"] for e in summary.values() if e["gen_cpu_share_at_max"]]
+    srv_shares = [
+        f"{e['label']} {e['server_cpu_share_at_max']:.2f}"
+        for e in summary.values()
+        if e["server_cpu_share_at_max"] is not None
+    ]
+    lines.append(
+        f"note: the load generator shares the {os.cpu_count()} cores with the server; at the peaks "
+        f"it used {min(gen_shares, default=0):.2f}-{max(gen_shares, default=0):.2f} cores, the "
+        f"servers used (cores): {', '.join(srv_shares) or '-'}."
+    )
+    gen_bound = [e["label"] for e in summary.values() if e["gen_bound_sweeps"]]
+    if gen_bound:
+        lines.append(
+            "note: the generator could not offer the next load step in some sweeps of: "
+            + ", ".join(gen_bound)
+            + " (their max is a lower bound)."
+        )
+    lines.extend(f"note: {n}" for n in notes)
+    base = summary.get("chronyd")
+    for key, entry in summary.items():
+        if key == "chronyd" or base is None:
+            continue
+        r = entry["vs_chronyd"]
+        lines.append(
+            f"ratio {entry['label']} / chronyd: max replies/s {fmt_ratio(r['max_replies_per_s'])}, "
+            f"replies per CPU-s {fmt_ratio(r['replies_per_cpu_s'])}, "
+            f"p99 at half max {fmt_ratio(r['p99_us_at_half_max'])}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    binary = build_ntpload(cfg.out)
+    started = time.monotonic()
+    notes: list[str] = []
+    sweeps: list[Sweep] = []
+    print(
+        f"bench: {'quick' if cfg.quick else 'full'} run, {cfg.reps} rep(s), {cfg.duration:g} s "
+        f"per step, generator {cfg.gen_threads} thread(s) x {cfg.gen_sockets} sockets, "
+        f"{os.cpu_count()} cores shared by generator and server",
+        flush=True,
+    )
+    with servers_running(cfg, notes) as servers:
+        for n in notes:
+            print(f"bench: {n}", flush=True)
+        for rep in range(cfg.reps):
+            # Interleave the servers and rotate their order, so slow drifts of the shared machine
+            # fall on every server alike.
+            order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
+            for srv in order:
+                sweeps.append(sweep(cfg, binary, srv, rep))
+    elapsed = time.monotonic() - started
+    summary = summarize(cfg, servers, sweeps)
+    text = report(cfg, summary, notes)
+    chart = cfg.out / "replies_vs_offered.png"
+    title = (
+        f"NTP replies vs offered load on loopback, {os.cpu_count()} cores shared with the "
+        f"generator\n(medians of {cfg.reps} rep(s), {cfg.duration:g} s steps; solid: replies "
+        f"within {cfg.late_ms} ms)"
+    )
+    charted = write_chart(chart, servers, sweeps, title)
+    results = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "machine": machine_info(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "elapsed_s": round(elapsed, 1),
+        "notes": notes,
+        "summary": summary,
+        "sweeps": [
+            {
+                "server": sw.server,
+                "rep": sw.rep,
+                "gen_bound": sw.gen_bound,
+                "best": asdict(sw.best) if sw.best else None,
+                "half": asdict(sw.half) if sw.half else None,
+                "steps": [asdict(st) for st in sw.steps],
+            }
+            for sw in sweeps
+        ],
+    }
+    (cfg.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(text)
+    print(
+        f"\nbench: {elapsed:.0f} s; wrote {cfg.out / 'results.json'}"
+        + (f" and {chart}" if charted else " (no chart: matplotlib missing)")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
