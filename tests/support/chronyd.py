@@ -38,12 +38,15 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 
 
 class Chronyd:
-    """A chronyd process serving NTP on ``127.0.0.1:port`` as a ``local stratum`` server."""
+    """A chronyd process serving NTP on ``127.0.0.1:port`` as a ``local stratum`` server.
+
+    With ``stratum=None`` it has no reference at all and answers "unsynchronized" (LI=3).
+    """
 
     def __init__(
         self,
         port: int | None = None,
-        stratum: int = 10,
+        stratum: int | None = 10,
         extra_config: str = "",
         binary: str | None = None,
     ) -> None:
@@ -66,10 +69,10 @@ class Chronyd:
             "bindaddress 127.0.0.1\n"
             "allow 127.0.0.1\n"
             "cmdport 0\n"
-            f"local stratum {self.stratum}\n"
-            "noclientlog\n"
-            f"pidfile {self.workdir / 'chronyd.pid'}\n"
-            f"{self.extra_config}\n"
+            + (f"local stratum {self.stratum}\n" if self.stratum is not None else "")
+            + "noclientlog\n"
+            + f"pidfile {self.workdir / 'chronyd.pid'}\n"
+            + f"{self.extra_config}\n"
         )
 
     def start(self, wait: float = 10.0) -> Chronyd:
@@ -89,7 +92,7 @@ class Chronyd:
         return self
 
     def _wait_answering(self, wait: float) -> None:
-        """Poll until chronyd answers a client request with a synchronized reply."""
+        """Poll until chronyd answers (synchronized, unless it was given no reference)."""
         deadline = time.monotonic() + wait
         request = bytes([0x23]) + bytes(39) + os.urandom(8)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -102,7 +105,8 @@ class Chronyd:
                     reply = sock.recv(1024)
                 except OSError:
                     continue
-                if len(reply) >= 48 and reply[0] >> 6 != 3 and reply[1] != 0:
+                synchronized = reply[0] >> 6 != 3 and reply[1] != 0
+                if len(reply) >= 48 and (synchronized or self.stratum is None):
                     return
                 time.sleep(0.1)
         raise TimeoutError(f"chronyd did not answer on port {self.port}:\n{self.log()}")

@@ -1,0 +1,392 @@
+"""pyresponder against a real chronyd, queried with ntplib and raw sockets on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+
+import ntplib
+import pytest
+
+from tests.integration.conftest import StartResponder
+from tests.support.chronyd import Chronyd, free_udp_port
+from tests.support.responder import ntp_request, query
+
+
+def serve_args(port: int, backend_port: int, *extra: str) -> list[str]:
+    return ["--listen", f"127.0.0.1:{port}", "--backend", f"127.0.0.1:{backend_port}", *extra]
+
+
+def ntplib_query(port: int, version: int = 4, host: str = "127.0.0.1") -> ntplib.NTPStats:
+    return ntplib.NTPClient().request(host, port=port, version=version, timeout=2)
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def is_synchronized(port: int) -> bool:
+    answer = query(("127.0.0.1", port), ntp_request(), timeout=0.3)
+    return answer is not None and answer[0][0] >> 6 != 3 and answer[0][1] != 0
+
+
+def is_unsynchronized(port: int) -> bool:
+    answer = query(("127.0.0.1", port), ntp_request(), timeout=0.3)
+    if answer is None:
+        return False
+    data = answer[0]
+    return data[0] >> 6 == 3 and data[1] == 0 and data[12:16] == bytes(4)
+
+
+def test_fields_are_copied_from_chronyd(chronyd: Chronyd, start_responder: StartResponder,
+                                        port: int) -> None:
+    responder = start_responder(*serve_args(port, chronyd.port, "--workers", "2"))
+    responder.wait_answering(("127.0.0.1", port))
+    ours, theirs = ntplib_query(port), ntplib_query(chronyd.port)
+    assert ours.leap == theirs.leap == 0
+    assert ours.stratum == theirs.stratum == 9
+    assert ours.mode == 4
+    assert ours.precision == theirs.precision
+    assert ours.ref_id == theirs.ref_id
+    assert ours.ref_timestamp == pytest.approx(theirs.ref_timestamp, abs=1e-6)
+    assert ours.root_delay == pytest.approx(theirs.root_delay, abs=1e-4)
+    assert ours.root_dispersion == pytest.approx(theirs.root_dispersion, abs=1e-3)
+    assert abs(ours.offset) < 0.01  # the same clock chronyd disciplines
+    assert ours.recv_timestamp <= ours.tx_timestamp
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_version_is_echoed(chronyd: Chronyd, start_responder: StartResponder, port: int,
+                           version: int) -> None:
+    start_responder(*serve_args(port, chronyd.port, "--workers", "1")).wait_answering(
+        ("127.0.0.1", port)
+    )
+    assert ntplib_query(port, version=version).version == version
+
+
+def test_origin_echo_and_data_minimized_request(chronyd: Chronyd,
+                                                start_responder: StartResponder,
+                                                port: int) -> None:
+    start_responder(*serve_args(port, chronyd.port, "--workers", "1")).wait_answering(
+        ("127.0.0.1", port)
+    )
+    transmit = os.urandom(8)
+    answer = query(("127.0.0.1", port), bytes([0x23]) + bytes(39) + transmit)
+    assert answer is not None
+    reply, source = answer
+    assert len(reply) == 48
+    assert reply[24:32] == transmit
+    assert source == ("127.0.0.1", port)
+
+
+def test_ntpv1_and_symmetric_active(chronyd: Chronyd, start_responder: StartResponder,
+                                    port: int) -> None:
+    start_responder(*serve_args(port, chronyd.port, "--workers", "1")).wait_answering(
+        ("127.0.0.1", port)
+    )
+    v1 = query(("127.0.0.1", port), ntp_request(version=1, mode=0))
+    assert v1 is not None
+    assert v1[0][0] & 0x3F == (1 << 3) | 4
+    active = query(("127.0.0.1", port), ntp_request(version=4, mode=1))
+    assert active is not None
+    assert active[0][0] & 7 == 2
+
+
+def test_drops_what_must_not_be_answered_and_counts_it(chronyd: Chronyd,
+                                                       start_responder: StartResponder,
+                                                       port: int) -> None:
+    responder = start_responder(*serve_args(port, chronyd.port, "--workers", "1"))
+    responder.wait_answering(("127.0.0.1", port))
+    bad = [
+        ntp_request(mode=6),  # control: the amplification vector
+        ntp_request(mode=7),  # private (monlist)
+        ntp_request(mode=2),
+        ntp_request(mode=4),
+        ntp_request(mode=5),
+        ntp_request()[:47],  # short
+        ntp_request() + b"\0\0",  # not a multiple of 4
+        ntp_request(version=0),
+        ntp_request(version=5),
+        b"",
+    ]
+    for packet in bad:
+        assert query(("127.0.0.1", port), packet, timeout=0.3) is None, packet.hex()
+    assert query(("127.0.0.1", port), ntp_request()) is not None  # still serving
+    assert responder.stop() == 0
+    log = responder.log()
+    assert "dropped_mode 5" in log
+    assert "dropped_length 3" in log
+    assert "dropped_version 2" in log
+
+
+def test_reply_is_never_larger_than_the_request(chronyd: Chronyd,
+                                                start_responder: StartResponder,
+                                                port: int) -> None:
+    start_responder(*serve_args(port, chronyd.port, "--workers", "1")).wait_answering(
+        ("127.0.0.1", port)
+    )
+    with_mac = ntp_request() + struct.pack("!I", 1) + os.urandom(16)  # 68 bytes: key id + MD5
+    answer = query(("127.0.0.1", port), with_mac)
+    assert answer is not None
+    assert len(answer[0]) == 48
+    assert answer[0][24:32] == with_mac[40:48]
+
+
+def test_garbage_never_kills_a_worker(chronyd: Chronyd, start_responder: StartResponder,
+                                      port: int) -> None:
+    responder = start_responder(*serve_args(port, chronyd.port, "--workers", "2"))
+    responder.wait_answering(("127.0.0.1", port))
+    workers = responder.workers()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for size in range(0, 1500, 7):
+            sock.sendto(os.urandom(size), ("127.0.0.1", port))
+        sock.sendto(os.urandom(3000), ("127.0.0.1", port))  # larger than the receive buffer
+    assert query(("127.0.0.1", port), ntp_request()) is not None
+    assert responder.workers() == workers
+    assert "Traceback" not in responder.log()
+
+
+def test_unsynchronized_until_the_backend_answers_then_recovers(
+    start_responder: StartResponder, port: int
+) -> None:
+    backend_port = free_udp_port()
+    start_responder(*serve_args(port, backend_port, "--workers", "1", "--ready-timeout", "0.5"))
+    wait_for(lambda: is_unsynchronized(port), 10, "an unsynchronized reply")
+    reply = ntplib_query(port)
+    assert (reply.leap, reply.stratum) == (3, 0)
+    with Chronyd(port=backend_port, stratum=7):
+        wait_for(lambda: is_synchronized(port), 10, "recovery once chronyd answers")
+        assert ntplib_query(port).stratum == 7
+
+
+def test_unsynchronized_after_the_backend_dies_and_recovers_after_restart(
+    start_responder: StartResponder, port: int
+) -> None:
+    backend = Chronyd(stratum=8).start()
+    try:
+        start_responder(
+            *serve_args(port, backend.port, "--workers", "2", "--backend-timeout", "2")
+        ).wait_answering(("127.0.0.1", port))
+        assert is_synchronized(port)
+        backend.stop(signal.SIGKILL)
+        wait_for(lambda: is_unsynchronized(port), 10, "unsynchronized after the backend died")
+        backend.start()
+        wait_for(lambda: is_synchronized(port), 10, "recovery after the backend restarted")
+        assert ntplib_query(port).stratum == 8
+    finally:
+        backend.cleanup()
+
+
+def test_backend_leap_3_makes_replies_unsynchronized(start_responder: StartResponder,
+                                                     port: int) -> None:
+    with Chronyd(stratum=None) as unsynchronized_backend:  # no reference: it answers LI=3
+        responder = start_responder(
+            *serve_args(port, unsynchronized_backend.port, "--workers", "1",
+                        "--ready-timeout", "0.5")
+        )
+        wait_for(lambda: is_unsynchronized(port), 10, "an unsynchronized reply")
+        time.sleep(1.5)  # more polls, each answered by the unsynchronized chronyd
+        assert is_unsynchronized(port)
+        assert "backend is not synchronized (leap 3)" in responder.log()
+
+
+def test_killed_worker_comes_back(chronyd: Chronyd, start_responder: StartResponder,
+                                  port: int) -> None:
+    responder = start_responder(*serve_args(port, chronyd.port, "--workers", "2"))
+    responder.wait_answering(("127.0.0.1", port))
+    before = responder.workers()
+    assert len(before) == 2
+    os.kill(before[0], signal.SIGKILL)
+    wait_for(
+        lambda: len(responder.workers()) == 2 and before[0] not in responder.workers(),
+        10,
+        "a replacement worker",
+    )
+    assert before[1] in responder.workers()
+    for _ in range(20):
+        assert query(("127.0.0.1", port), ntp_request()) is not None
+    assert "was killed by SIGKILL" in responder.log()
+
+
+def test_ipv6(chronyd: Chronyd, start_responder: StartResponder) -> None:
+    port = free_udp_port("::1")
+    responder = start_responder(
+        "--listen", f"[::1]:{port}", "--backend", f"127.0.0.1:{chronyd.port}", "--workers", "1"
+    )
+    responder.wait_answering(("::1", port))
+    reply = ntplib_query(port, host="::1")
+    assert (reply.leap, reply.stratum, reply.mode) == (0, 9, 4)
+
+
+def test_dual_stack_wildcard_answers_ipv4_and_ipv6(chronyd: Chronyd,
+                                                   start_responder: StartResponder) -> None:
+    port = free_udp_port("::")
+    responder = start_responder(
+        "--listen", f"[::]:{port}", "--backend", f"127.0.0.1:{chronyd.port}", "--workers", "1"
+    )
+    responder.wait_answering(("::1", port))
+    assert ntplib_query(port, host="127.0.0.1").stratum == 9
+    assert ntplib_query(port, host="::1").stratum == 9
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "[::]"])
+def test_reply_comes_from_the_address_the_request_was_sent_to(
+    chronyd: Chronyd, start_responder: StartResponder, listen: str
+) -> None:
+    port = free_udp_port("0.0.0.0")
+    start_responder(
+        "--listen", f"{listen}:{port}", "--backend", f"127.0.0.1:{chronyd.port}", "--workers", "1"
+    ).wait_answering(("127.0.0.1", port))
+    # 127.0.0.2 is a local address too; without IP_PKTINFO the kernel would answer from 127.0.0.1.
+    answer = query(("127.0.0.2", port), ntp_request())
+    assert answer is not None
+    assert answer[1] == ("127.0.0.2", port)
+
+
+def test_socket_activation(chronyd: Chronyd, start_responder: StartResponder) -> None:
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # what PID 1 would hold
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    try:
+        responder = start_responder(
+            "--backend", f"127.0.0.1:{chronyd.port}", "--workers", "2", pass_fd=held.fileno()
+        )
+        responder.wait_answering(("127.0.0.1", port))
+        assert ntplib_query(port).stratum == 9
+        assert f"listening on 127.0.0.1:{port}" in responder.log()
+    finally:
+        held.close()
+
+
+def test_notify_ready_after_backend_and_stopping(chronyd: Chronyd,
+                                                 start_responder: StartResponder,
+                                                 port: int, tmp_path: object) -> None:
+    path = f"{tmp_path}/notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.settimeout(10)
+        env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000")
+        responder = start_responder(*serve_args(port, chronyd.port, "--workers", "1"), env=env)
+        messages: list[str] = []
+        while not any("READY=1" in m for m in messages):
+            messages.append(listener.recv(4096).decode())
+        ready = next(m for m in messages if "READY=1" in m)
+        assert "STATUS=synchronized" in ready
+        assert is_synchronized(port)  # READY means answering, synchronized
+        watchdog = listener.recv(4096).decode()
+        while "WATCHDOG=1" not in watchdog:
+            watchdog = listener.recv(4096).decode()
+        responder.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        tail = ""
+        while "STOPPING=1" not in tail:
+            tail = listener.recv(4096).decode()
+        assert responder.stop() == 0
+
+
+def test_ready_timeout_serves_unsynchronized(start_responder: StartResponder, port: int,
+                                             tmp_path: object) -> None:
+    path = f"{tmp_path}/notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.settimeout(10)
+        env = dict(os.environ, NOTIFY_SOCKET=path)
+        started = time.monotonic()
+        start_responder(
+            *serve_args(port, free_udp_port(), "--workers", "1", "--ready-timeout", "1"), env=env
+        )
+        message = ""
+        while "READY=1" not in message:
+            message = listener.recv(4096).decode()
+        assert time.monotonic() - started >= 0.9
+        assert "unsynchronized" in message
+        assert is_unsynchronized(port)
+
+
+def test_no_reply_is_lost_when_a_second_instance_takes_over(
+    chronyd: Chronyd, start_responder: StartResponder
+) -> None:
+    """The systemd blue/green swap in miniature: one held socket, two instances overlapping."""
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    try:
+        blue = start_responder(
+            "--backend", f"127.0.0.1:{chronyd.port}", "--workers", "2", pass_fd=held.fileno()
+        )
+        blue.wait_answering(("127.0.0.1", port))
+        sent, replies = _stream_during(
+            port,
+            seconds=4.0,
+            rate=1000,
+            actions=[
+                (1.0, lambda: start_responder(
+                    "--backend", f"127.0.0.1:{chronyd.port}", "--workers", "2",
+                    pass_fd=held.fileno(),
+                ).wait_answering(("127.0.0.1", port))),
+                (2.0, blue.stop),
+            ],
+        )
+        assert sent > 3000
+        assert replies == sent, f"{sent - replies} of {sent} requests got no reply"
+    finally:
+        held.close()
+
+
+def _stream_during(
+    port: int, seconds: float, rate: int, actions: list[tuple[float, object]]
+) -> tuple[int, int]:
+    """Send ``rate`` requests/s for ``seconds`` while running ``actions`` at their times."""
+    origins: set[bytes] = set()
+    answered: set[bytes] = set()
+    done = threading.Event()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sock.settimeout(0.2)
+
+    def receive() -> None:
+        while True:
+            try:
+                data = sock.recv(512)
+            except TimeoutError:
+                if done.is_set():
+                    return
+                continue
+            answered.add(data[24:32])
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+
+    def run_actions() -> None:
+        begin = time.monotonic()
+        for at, action in actions:
+            time.sleep(max(0.0, begin + at - time.monotonic()))
+            assert callable(action)
+            action()
+
+    actor = threading.Thread(target=run_actions)
+    actor.start()
+    start = time.monotonic()
+    count = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        while count < elapsed * rate:
+            transmit = struct.pack("!Q", count + 1)
+            origins.add(transmit)
+            sock.sendto(ntp_request(transmit=transmit), ("127.0.0.1", port))
+            count += 1
+        time.sleep(0.001)
+    actor.join(30)
+    time.sleep(1.0)  # the last replies
+    done.set()
+    receiver.join(5)
+    sock.close()
+    return len(origins), len(answered & origins)
