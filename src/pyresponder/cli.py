@@ -153,6 +153,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="log packet counters this often, 0 for never (default 300)",
     )
     serve.add_argument(
+        "--io",
+        choices=("batch", "plain"),
+        default="batch",
+        help="batch: recvmmsg/sendmmsg (default); plain: one system call per datagram",
+    )
+    serve.add_argument(
+        "--batch",
+        type=_workers,
+        default=64,
+        metavar="N",
+        help="datagrams read per recvmmsg (default 64)",
+    )
+    serve.add_argument(
+        "--send-batch",
+        type=_workers,
+        default=16,
+        metavar="N",
+        help="replies per sendmmsg; larger saves CPU, smaller keeps transmit timestamps "
+        "fresher (default 16)",
+    )
+    serve.add_argument(
         "--check-config",
         action="store_true",
         help="validate the arguments, print the effective settings and exit",
@@ -189,6 +210,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         ready_timeout=args.ready_timeout,
         receive_buffer=args.receive_buffer,
         stats_interval=max(args.stats_interval, 0.0),
+        io=args.io,
+        batch=args.batch,
+        send_batch=min(args.send_batch, args.batch),
     )
 
 

@@ -44,6 +44,9 @@ class ServeConfig:
     receive_buffer: int = 8 << 20
     stats_interval: float = 300.0
     use_systemd_sockets: bool = True
+    io: str = "batch"
+    batch: int = 64
+    send_batch: int = 16
 
 
 @dataclass(slots=True)
@@ -223,8 +226,10 @@ class Supervisor:
             code = 1
             try:
                 self.notifier.close()
+                config = self.config
                 code = Worker(
-                    index, self.listeners, self.shared, self.config.policy, parent
+                    index, self.listeners, self.shared, config.policy, parent,
+                    io=config.io, batch=config.batch, send_batch=config.send_batch,
                 ).run()
             except BaseException:
                 log.exception("worker %d crashed", index)

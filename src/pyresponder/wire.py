@@ -202,3 +202,21 @@ def refid_text(refid: bytes, stratum: int) -> str:
     if stratum <= 1:
         return refid.rstrip(b"\0").decode("ascii", "replace")
     return ".".join(str(b) for b in refid)
+
+
+# A request whose answer depends on its source port (NTPv1 without a mode field).
+DEPENDS_ON_PORT: Final = -100
+
+
+def reply_mode_table() -> tuple[int, ...]:
+    """``reply_mode`` for every possible first byte of a full-length request, as a lookup table.
+
+    The hot loop indexes it instead of calling ``reply_mode``; bytes whose answer depends on the
+    source port map to ``DEPENDS_ON_PORT``. Derived from ``reply_mode``, so the two cannot drift.
+    """
+    table = []
+    for first in range(256):
+        other_port = reply_mode(first, PACKET_LEN, NTP_PORT + 1)
+        same_port = reply_mode(first, PACKET_LEN, NTP_PORT)
+        table.append(other_port if other_port == same_port else DEPENDS_ON_PORT)
+    return tuple(table)

@@ -2,7 +2,8 @@
 
 Every worker reads every listening socket (non-blocking, woken by epoll with EPOLLEXCLUSIVE so one
 datagram wakes one worker). The reply's first 24 bytes come from a header that is refreshed from
-shared memory ten times a second, never per packet.
+shared memory ten times a second, never per packet. The I/O itself is done by an engine per
+socket: ``batchio.BatchSocket`` (recvmmsg/sendmmsg) or, where that is missing, ``PlainSocket``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import signal
 import socket
 import struct
 import time
-from typing import Final
+from typing import Final, Protocol
 
-from . import wire
+from . import batchio, wire
 from .shared import ANSWERED, COUNTER_NAMES, DROP_BASE, RECEIVED, SEND_ERRORS, SharedState
 from .sockets import IP_PKTINFO, IPV6_PKTINFO, SCM_TIMESTAMPNS, Listener
 from .syncstate import SyncPolicy, evaluate
@@ -25,13 +26,24 @@ from .syncstate import SyncPolicy, evaluate
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL: Final = 0.1  # seconds between reads of the shared backend state
-DRAIN_LIMIT: Final = 64  # datagrams read from one socket before the next socket gets a turn
-RECEIVE_SIZE: Final = 2048  # larger requests are truncated and dropped
+DRAIN_ROUNDS: Final = 4  # batches read from one socket before the next socket gets a turn
 _ANCILLARY_SIZE: Final = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(20) + 64
 _TIMESPEC: Final = struct.Struct("@qq")
 _U64: Final = struct.Struct("!Q")
 _PR_SET_PDEATHSIG: Final = 1
 _NS_PER_S: Final = 1_000_000_000
+
+
+class Engine(Protocol):
+    def set_header(self, header: bytes) -> None: ...
+
+    def drain(self, counters: list[int], leap_bits: int, rounds: int) -> None: ...
+
+
+def make_engine(listener: Listener, io: str, batch: int, send_batch: int) -> Engine:
+    if io == "batch" and batchio.AVAILABLE:
+        return batchio.BatchSocket(listener, batch, send_batch)
+    return PlainSocket(listener, batch)
 
 
 class Worker:
@@ -42,6 +54,9 @@ class Worker:
         shared: SharedState,
         policy: SyncPolicy,
         parent_pid: int,
+        io: str = "batch",
+        batch: int = batchio.DEFAULT_BATCH,
+        send_batch: int = batchio.DEFAULT_SEND_BATCH,
     ) -> None:
         self.index = index
         self.listeners = listeners
@@ -50,14 +65,13 @@ class Worker:
         self.parent_pid = parent_pid
         self.stopping = False
         self.counters = shared.load_counters(index)  # continue the totals of a dead predecessor
+        self.engines = {
+            listener.sock.fileno(): make_engine(listener, io, batch, send_batch)
+            for listener in listeners
+        }
         self.header = b""
         self.leap_bits = 0
         self._next_refresh = 0.0
-        # Preallocated once: the loop reuses them for every packet.
-        self._request = bytearray(RECEIVE_SIZE)
-        self._request_buffers = [self._request]
-        self._reply = bytearray(wire.PACKET_LEN)
-        self._reply_buffers = [self._reply]
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True  # finish the packets in hand, then exit
@@ -70,15 +84,14 @@ class Worker:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.set_wakeup_fd(-1)
         poller = select.epoll()
-        by_fd = {}
-        for listener in self.listeners:
-            poller.register(listener.sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
-            by_fd[listener.sock.fileno()] = listener
+        for fd in self.engines:
+            poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
         self._refresh(time.monotonic())
+        engines, counters = self.engines, self.counters
         try:
             while not self.stopping:
                 for fd, _events in poller.poll(REFRESH_INTERVAL):
-                    self._drain(by_fd[fd])
+                    engines[fd].drain(counters, self.leap_bits, DRAIN_ROUNDS)
                 now = time.monotonic()
                 if now >= self._next_refresh:
                     self._refresh(now)
@@ -88,29 +101,48 @@ class Worker:
         return 0
 
     def _refresh(self, now: float) -> None:
-        state = evaluate(self.shared.latest(), now, self.policy)
-        self.header = state.header
+        header = evaluate(self.shared.latest(), now, self.policy).header
+        if header != self.header:
+            self.header = header
+            self.leap_bits = header[0] & 0xC0
+            for engine in self.engines.values():
+                engine.set_header(header)
         self.shared.store_counters(self.index, self.counters)
         self._next_refresh = now + REFRESH_INTERVAL
         if os.getppid() != self.parent_pid:
             log.error("worker %d: supervisor is gone, exiting", self.index)
             self.stopping = True
 
-    def _drain(self, listener: Listener) -> None:
-        sock = listener.sock
-        wildcard = listener.wildcard
-        buffer, buffers = self._request, self._request_buffers
-        reply = self._reply
-        counters = self.counters
-        header = self.header
+
+class PlainSocket:
+    """One datagram per system call (recvmsg_into/sendmsg): the portable fallback."""
+
+    def __init__(self, listener: Listener, batch: int) -> None:
+        self.sock = listener.sock
+        self.name = listener.name
+        self.wildcard = listener.wildcard
+        self.batch = batch
+        self.header = bytes(24)
+        # Preallocated once: the loop reuses them for every packet.
+        self._request = bytearray(batchio.RECEIVE_SIZE)
+        self._request_buffers = [self._request]
+        self._reply = bytearray(wire.PACKET_LEN)
+        self._reply_buffers = [self._reply]
+
+    def set_header(self, header: bytes) -> None:
+        self.header = header
+
+    def drain(self, counters: list[int], leap_bits: int, rounds: int) -> None:
+        sock, wildcard, header = self.sock, self.wildcard, self.header
+        buffer, buffers, reply = self._request, self._request_buffers, self._reply
         time_ns = time.time_ns
-        for _ in range(DRAIN_LIMIT):
+        for _ in range(rounds * self.batch):
             try:
                 length, ancillary, flags, address = sock.recvmsg_into(buffers, _ANCILLARY_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
-                log.warning("worker %d: receive on %s failed: %s", self.index, listener.name, error)
+                log.warning("receive on %s failed: %s", self.name, error)
                 return
             counters[RECEIVED] += 1
             mode = wire.reply_mode(buffer[0], length, address[1]) if length else wire.DROP_LENGTH

@@ -12,6 +12,7 @@ import time
 import ntplib
 import pytest
 
+from pyresponder import wire
 from tests.integration.conftest import StartResponder
 from tests.support.chronyd import Chronyd, free_udp_port
 from tests.support.responder import ntp_request, query
@@ -48,9 +49,13 @@ def is_unsynchronized(port: int) -> bool:
     return data[0] >> 6 == 3 and data[1] == 0 and data[12:16] == bytes(4)
 
 
+IO_MODES = pytest.mark.parametrize("io", ["batch", "plain"])
+
+
+@IO_MODES
 def test_fields_are_copied_from_chronyd(chronyd: Chronyd, start_responder: StartResponder,
-                                        port: int) -> None:
-    responder = start_responder(*serve_args(port, chronyd.port, "--workers", "2"))
+                                        port: int, io: str) -> None:
+    responder = start_responder(*serve_args(port, chronyd.port, "--workers", "2", "--io", io))
     responder.wait_answering(("127.0.0.1", port))
     ours, theirs = ntplib_query(port), ntplib_query(chronyd.port)
     assert ours.leap == theirs.leap == 0
@@ -89,9 +94,10 @@ def test_origin_echo_and_data_minimized_request(chronyd: Chronyd,
     assert source == ("127.0.0.1", port)
 
 
+@IO_MODES
 def test_ntpv1_and_symmetric_active(chronyd: Chronyd, start_responder: StartResponder,
-                                    port: int) -> None:
-    start_responder(*serve_args(port, chronyd.port, "--workers", "1")).wait_answering(
+                                    port: int, io: str) -> None:
+    start_responder(*serve_args(port, chronyd.port, "--workers", "1", "--io", io)).wait_answering(
         ("127.0.0.1", port)
     )
     v1 = query(("127.0.0.1", port), ntp_request(version=1, mode=0))
@@ -102,10 +108,11 @@ def test_ntpv1_and_symmetric_active(chronyd: Chronyd, start_responder: StartResp
     assert active[0][0] & 7 == 2
 
 
+@IO_MODES
 def test_drops_what_must_not_be_answered_and_counts_it(chronyd: Chronyd,
                                                        start_responder: StartResponder,
-                                                       port: int) -> None:
-    responder = start_responder(*serve_args(port, chronyd.port, "--workers", "1"))
+                                                       port: int, io: str) -> None:
+    responder = start_responder(*serve_args(port, chronyd.port, "--workers", "1", "--io", io))
     responder.wait_answering(("127.0.0.1", port))
     bad = [
         ntp_request(mode=6),  # control: the amplification vector
@@ -142,9 +149,10 @@ def test_reply_is_never_larger_than_the_request(chronyd: Chronyd,
     assert answer[0][24:32] == with_mac[40:48]
 
 
+@IO_MODES
 def test_garbage_never_kills_a_worker(chronyd: Chronyd, start_responder: StartResponder,
-                                      port: int) -> None:
-    responder = start_responder(*serve_args(port, chronyd.port, "--workers", "2"))
+                                      port: int, io: str) -> None:
+    responder = start_responder(*serve_args(port, chronyd.port, "--workers", "2", "--io", io))
     responder.wait_answering(("127.0.0.1", port))
     workers = responder.workers()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -239,13 +247,15 @@ def test_dual_stack_wildcard_answers_ipv4_and_ipv6(chronyd: Chronyd,
     assert ntplib_query(port, host="::1").stratum == 9
 
 
+@IO_MODES
 @pytest.mark.parametrize("listen", ["0.0.0.0", "[::]"])
 def test_reply_comes_from_the_address_the_request_was_sent_to(
-    chronyd: Chronyd, start_responder: StartResponder, listen: str
+    chronyd: Chronyd, start_responder: StartResponder, listen: str, io: str
 ) -> None:
     port = free_udp_port("0.0.0.0")
     start_responder(
-        "--listen", f"{listen}:{port}", "--backend", f"127.0.0.1:{chronyd.port}", "--workers", "1"
+        "--listen", f"{listen}:{port}", "--backend", f"127.0.0.1:{chronyd.port}",
+        "--workers", "1", "--io", io,
     ).wait_answering(("127.0.0.1", port))
     # 127.0.0.2 is a local address too; without IP_PKTINFO the kernel would answer from 127.0.0.1.
     answer = query(("127.0.0.2", port), ntp_request())
@@ -390,3 +400,59 @@ def _stream_during(
     receiver.join(5)
     sock.close()
     return len(origins), len(answered & origins)
+
+
+@IO_MODES
+@pytest.mark.parametrize("listen", ["127.0.0.1", "0.0.0.0", "[::]"])
+def test_queued_burst_is_answered_exactly_with_kernel_receive_timestamps(
+    chronyd: Chronyd, start_responder: StartResponder, listen: str, io: str
+) -> None:
+    """Stop the workers, queue a burst of good and bad requests, let them go: one batch path.
+
+    Every good request gets exactly one reply, from the address it was sent to, whose receive
+    timestamp is from when the kernel queued it (before the workers resumed), not when a worker
+    read it. Bad requests in between get nothing.
+    """
+    port = free_udp_port("0.0.0.0")
+    responder = start_responder(
+        "--listen", f"{listen}:{port}", "--backend", f"127.0.0.1:{chronyd.port}",
+        "--workers", "2", "--io", io, "--batch", "32", "--send-batch", "5",
+    )
+    responder.wait_answering(("127.0.0.1", port))
+    target = "127.0.0.1" if listen == "127.0.0.1" else "127.0.0.2"
+    workers = responder.workers()
+    good: set[bytes] = set()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.settimeout(2)
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for n in range(150):
+                transmit = struct.pack("!Q", n + 1)
+                if n % 4 == 3:
+                    sock.sendto(ntp_request(mode=6, transmit=transmit), (target, port))
+                elif n % 7 == 5:
+                    sock.sendto(ntp_request(transmit=transmit)[:44], (target, port))
+                else:
+                    good.add(transmit)
+                    sock.sendto(ntp_request(version=3 + n % 2, transmit=transmit), (target, port))
+            time.sleep(0.05)
+            resumed_ns = time.time_ns()
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        answered: list[bytes] = []
+        try:
+            while len(answered) < len(good) + 5:
+                data, source = sock.recvfrom(512)
+                assert source == (target, port)
+                assert len(data) == 48
+                answered.append(data[24:32])
+                receive_ns = wire.unix_ns_from_ntp(struct.unpack("!Q", data[32:40])[0], resumed_ns)
+                transmit_ns = wire.unix_ns_from_ntp(struct.unpack("!Q", data[40:48])[0], resumed_ns)
+                assert receive_ns < resumed_ns <= transmit_ns + 1000
+                assert (data[0] >> 3) & 7 == (3 + (struct.unpack("!Q", data[24:32])[0] - 1) % 2)
+        except TimeoutError:
+            pass
+    assert sorted(answered) == sorted(good)

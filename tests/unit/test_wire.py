@@ -145,3 +145,13 @@ def test_any_datagram_is_either_dropped_or_answered_with_48_bytes(data: bytes, p
 def test_ntp_timestamp_is_64_bits(unix_ns: int) -> None:
     assert 0 <= wire.ntp_from_unix_ns(unix_ns) < 2**64
     struct.pack("!Q", wire.ntp_from_unix_ns(unix_ns))
+
+
+@given(st.integers(0, 255), st.sampled_from([48, 52, 68, 1024]), st.integers(0, 65535))
+def test_lookup_table_agrees_with_reply_mode(first: int, length: int, port: int) -> None:
+    table = wire.reply_mode_table()
+    expected = wire.reply_mode(first, length, port)
+    if table[first] == wire.DEPENDS_ON_PORT:
+        assert (first >> 3) & 7 == 1 and first & 7 == 0  # NTPv1: no mode field
+    else:
+        assert table[first] == expected
