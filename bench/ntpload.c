@@ -10,6 +10,8 @@
  *
  * Prints one JSON line: sent, received, matched, loss, rates and latency
  * percentiles of matched replies (send to receive, as the client sees it).
+ * Replies that say "unsynchronized" (LI=3 or stratum 0) are matched and also
+ * counted as unsync.
  * A matched reply that took longer than LATE_MS (default 20 ms) is counted as
  * late; "loss_or_late" is the fraction of requests without an on-time reply.
  * It matters for servers with deep receive buffers, which queue (and answer
@@ -62,7 +64,7 @@ static struct {
     uint64_t send_end_ns;
     int sending_done; /* set by the sender thread (atomic builtins) */
     /* receiver results */
-    uint64_t received, matched, late, duplicates, bad;
+    uint64_t received, matched, late, unsync, duplicates, bad;
     uint64_t lat_max_us;
 } g;
 
@@ -223,6 +225,8 @@ static void account(const uint8_t *p, unsigned len, uint64_t t_ns)
     }
     g.state[seq] = ST_REPLIED;
     g.matched++;
+    if ((p[0] >> 6) == 3 || p[1] == 0) /* LI=3 or stratum 0: the server says unsynchronized */
+        g.unsync++;
     uint32_t now_us = (uint32_t)((t_ns - g.start_ns) / 1000);
     uint64_t lat = (uint32_t)(now_us - t_us);
     if (lat > g.lat_max_us)
@@ -475,13 +479,13 @@ int main(int argc, char **argv)
     double loss_late = g.sent ? 1.0 - (double)(g.matched - g.late) / (double)g.sent : 1.0;
     printf("{\"target_rate\": %.0f, \"duration_s\": %.3f, \"sockets\": %d, \"threads\": %d, "
            "\"sent\": %lu, \"skipped\": %lu, \"send_errors\": %lu, \"received\": %lu, "
-           "\"matched\": %lu, \"late\": %lu, \"late_ms\": %d, \"duplicates\": %lu, \"bad\": %lu, "
+           "\"matched\": %lu, \"unsync\": %lu, \"late\": %lu, \"late_ms\": %d, \"duplicates\": %lu, \"bad\": %lu, "
            "\"loss\": %.6f, \"loss_or_late\": %.6f, "
            "\"send_rate\": %.1f, \"reply_rate\": %.1f, \"p50_us\": %lu, \"p99_us\": %lu, "
            "\"max_us\": %lu, \"gen_cpu_s\": %.3f, \"wall_s\": %.3f}\n",
            g.rate, send_s, g.nsock, g.threads, (unsigned long)g.sent, (unsigned long)g.skipped,
            (unsigned long)g.send_errors, (unsigned long)g.received, (unsigned long)g.matched,
-           (unsigned long)g.late, g.late_ms, (unsigned long)g.duplicates, (unsigned long)g.bad, loss,
+           (unsigned long)g.unsync, (unsigned long)g.late, g.late_ms, (unsigned long)g.duplicates, (unsigned long)g.bad, loss,
            loss_late, (double)g.sent / send_s,
            (double)g.matched / send_s, (unsigned long)percentile_us(0.50),
            (unsigned long)percentile_us(0.99), (unsigned long)g.lat_max_us, cpu,

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -63,6 +64,7 @@ class Config:
     retries: int  # extra attempts at a step disturbed by other processes
     settle: float
     servers: tuple[str, ...]
+    pyresponder_args: tuple[str, ...]
     out: Path
     quick: bool
 
@@ -79,6 +81,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         "--servers",
         default="chronyd,py1,py2",
         help="comma-separated subset of chronyd,py1,py2 (py<N> = pyresponder with N workers)",
+    )
+    parser.add_argument(
+        "--pyresponder-args",
+        default="",
+        help='extra arguments for "pyresponder serve", e.g. "--io plain"',
     )
     parser.add_argument("--start-rate", type=int, help="first offered rate, requests/s")
     parser.add_argument("--max-rate", type=int, default=600_000, help="highest offered rate")
@@ -122,6 +129,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         retries=0 if quick else 1,
         settle=0.1 if quick else 0.3,
         servers=servers,
+        pyresponder_args=tuple(shlex.split(args.pyresponder_args)),
         out=args.out,
         quick=quick,
     )
@@ -155,6 +163,7 @@ class Step:
     sent: int
     matched: int
     late: int
+    unsync: int  # replies that said "unsynchronized"
     p50_us: int
     p99_us: int
     gen_cpu_s: float
@@ -274,6 +283,7 @@ def run_step(cfg: Config, binary: Path, port: int, server_pid: int, rate: int) -
         sent=int(r["sent"]),
         matched=int(r["matched"]),
         late=int(r["late"]),
+        unsync=int(r["unsync"]),
         p50_us=int(r["p50_us"]),
         p99_us=int(r["p99_us"]),
         gen_cpu_s=float(r["gen_cpu_s"]),
@@ -325,7 +335,14 @@ def probe_ok(port: int) -> bool:
 class PyResponder:
     """``pyresponder serve`` on 127.0.0.1 with N workers, fed by the benchmark's chronyd."""
 
-    def __init__(self, binary: str, workers: int, backend_port: int, logdir: Path) -> None:
+    def __init__(
+        self,
+        binary: str,
+        workers: int,
+        backend_port: int,
+        logdir: Path,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.port = free_udp_port()
         self.workers = workers
         self.log_path = logdir / f"pyresponder-{workers}w.log"
@@ -334,6 +351,7 @@ class PyResponder:
             "--listen", f"127.0.0.1:{self.port}",
             "--backend", f"127.0.0.1:{backend_port}",
             "--workers", str(workers),
+            *extra,
         ]  # fmt: skip
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -385,7 +403,7 @@ def servers_running(cfg: Config, notes: list[str]) -> Iterator[tuple[list[Server
             if binary is None:
                 notes.append(f"{label}: skipped, no pyresponder executable in this environment")
                 continue
-            resp = PyResponder(binary, workers, chronyd.port, cfg.out)
+            resp = PyResponder(binary, workers, chronyd.port, cfg.out, cfg.pyresponder_args)
             started.append(resp)
             try:
                 resp.wait_ready()
@@ -523,8 +541,9 @@ def generator_check(cfg: Config, binary: Path, chronyd: Server) -> dict[str, Any
         # The sink's pid is ours; its CPU is not what is measured here.
         alone = run_step(cfg, binary, sink_port, os.getpid(), flat_out)
     against = run_step(cfg, binary, chronyd.port, chronyd.pid, flat_out)
-    gen_share = against.gen_cpu_s / against.wall_s
-    srv_share = against.server_cpu_s / against.wall_s
+    # Cores while sending: the drain after it is short and nearly idle at chronyd's small queue.
+    gen_share = against.gen_cpu_s / against.duration_s
+    srv_share = against.server_cpu_s / against.duration_s
     if srv_share >= 0.85:
         bottleneck = "server (chronyd is single-threaded and had a full core)"
     elif gen_share >= 0.85 * cfg.gen_threads:
@@ -533,7 +552,7 @@ def generator_check(cfg: Config, binary: Path, chronyd: Server) -> dict[str, Any
         bottleneck = "the shared cores (neither had all the CPU it could use)"
     check = {
         "send_only_rate": round(alone.send_rate),
-        "send_only_gen_cores": round(alone.gen_cpu_s / alone.wall_s, 2),
+        "send_only_gen_cores": round(alone.gen_cpu_s / alone.duration_s, 2),
         "vs_chronyd_send_rate": round(against.send_rate),
         "vs_chronyd_reply_rate": round(against.reply_rate),
         "vs_chronyd_loss": round(against.loss, 4),
@@ -575,6 +594,7 @@ def summarize(cfg: Config, servers: list[Server], sweeps: list[Sweep]) -> dict[s
             "p99_us_at_half_max": med([float(h.p99_us) for h in halves]),
             "p50_us_at_half_max": med([float(h.p50_us) for h in halves]),
             "gen_bound_sweeps": sum(1 for s in mine if s.gen_bound),
+            "unsync_replies": sum(st.unsync for s in mine for st in s.steps),
             "other_cores_median": med([st.other_cores for s in mine for st in s.steps]),
             "noisy_steps_repeated": sum(1 for s in mine for st in s.steps if st.kind == "noisy"),
             "sweeps": len(mine),
@@ -740,6 +760,12 @@ def report(
             + " (their max is a lower bound)."
         )
     lines.extend(f"note: {n}" for n in notes)
+    for entry in summary.values():
+        if entry["unsync_replies"]:
+            lines.append(
+                f"WARNING: {entry['label']} sent {entry['unsync_replies']} replies saying "
+                "unsynchronized (LI=3 or stratum 0) during the run"
+            )
     base = summary.get("chronyd")
     for key, entry in summary.items():
         if key == "chronyd" or base is None:
