@@ -12,9 +12,10 @@ and no Python objects beyond a few ints.
   (origin, receive and transmit timestamps).
 - Each reply's msg_name points at its request's source-address slot, so one sendmmsg answers the
   batch without copying addresses.
-- Replies are sent in groups of at most ``send_batch``: the kernel sends the messages of one
-  sendmmsg one after another, so a large group would make the transmit timestamps of its last
-  replies stale by the time they leave.
+- Replies are sent in groups of at most ``send_batch``. The kernel sends the messages of one
+  sendmmsg one after another, so each transmit timestamp is the time read just before the call
+  plus the reply's place in the group times the measured cost of one message.
+- socket's IntFlag constants are converted to plain ints: ``int & IntFlag`` runs enum code.
 """
 
 from __future__ import annotations
@@ -60,15 +61,16 @@ _RESULT: Final = struct.Struct(
     f"@N{_MsgHdr.flags.offset - _CONTROLLEN_AT - ctypes.sizeof(ctypes.c_size_t)}x"
     f"i{_MMsgHdr.len.offset - _MsgHdr.flags.offset - 4}xI"
 )
-_HEADER_FIELDS: Final = struct.Struct("@PI")  # msg_name, msg_namelen
 _IOVEC: Final = struct.Struct("@PN")
 _MSGHDR_PTRS: Final = struct.Struct("@PI4xPNPN")  # name, namelen, iov, iovlen, control, clen
 _SIZE_T: Final = struct.Struct("@N")
 _CMSG_HEAD: Final = struct.Struct("@Nii")
 _CMSG_DATA_AT: Final = socket.CMSG_LEN(0)
 _TIMESTAMP_CMSG: Final = struct.Struct("@8xiiqq")  # cmsghdr (len skipped) + timespec
-_TAIL: Final = struct.Struct("!QIIII")  # origin, receive s/frac, transmit s/frac
+_HEAD: Final = struct.Struct("!QQ")  # origin, receive timestamp
 _ORIGIN: Final = struct.Struct("!Q")
+_U64: Final = struct.Struct("!Q")
+_NAME_PTR: Final = struct.Struct("@P")
 _PORT: Final = struct.Struct("!H")
 
 RECEIVE_SIZE: Final = 2048
@@ -81,6 +83,19 @@ _NS: Final = 1_000_000_000
 _EPOCH: Final = wire.NTP_UNIX_OFFSET
 _MASK32: Final = 0xFFFF_FFFF
 _NO_TIMESTAMP: Final = -1
+# nanoseconds -> 2**-32 s units as a multiply and a shift: (ns * 2**62 / 1e9) >> 30.
+_FRAC_SHIFT: Final = 30
+_FRAC_MUL: Final = (1 << (32 + _FRAC_SHIFT)) // _NS
+_MAX_STEP_NS: Final = 50_000
+_INITIAL_STEP_NS: Final = 2_000
+# Plain ints: socket's IntFlag/IntEnum constants go through enum code on every "&".
+_MSG_TRUNC: Final = int(socket.MSG_TRUNC)
+_MSG_DONTWAIT: Final = int(socket.MSG_DONTWAIT)
+_SOL_SOCKET: Final = int(socket.SOL_SOCKET)
+_SCM_TIMESTAMPNS: Final = int(SCM_TIMESTAMPNS)
+_PACKET_LEN: Final = wire.PACKET_LEN
+_DEPENDS_ON_PORT: Final = wire.DEPENDS_ON_PORT
+_TIMESTAMP_SIZE: Final = socket.CMSG_SPACE(16)  # cmsghdr + struct timespec
 
 _libc = ctypes.CDLL(None, use_errno=True)
 try:
@@ -117,6 +132,7 @@ class BatchSocket:
         self.batch = batch
         self.send_batch = max(1, min(send_batch, batch))
         self.wildcard = listener.wildcard
+        self.send_step_ns = _INITIAL_STEP_NS
         ipv6 = listener.family == socket.AF_INET6
         self._pins: list[ctypes.Array[ctypes.c_char]] = []
 
@@ -184,7 +200,7 @@ class BatchSocket:
         """Receive and answer up to ``rounds`` batches, stopping early when the socket is empty."""
         for _ in range(rounds):
             self.rx_headers[:] = self.rx_pristine
-            count = _recvmmsg(self.fd, self.rx_headers_at, self.batch, socket.MSG_DONTWAIT, None)
+            count = _recvmmsg(self.fd, self.rx_headers_at, self.batch, _MSG_DONTWAIT, None)
             if count <= 0:
                 return  # EAGAIN: another worker (or colour) took what was there
             counters[RECEIVED] += count
@@ -195,11 +211,10 @@ class BatchSocket:
     def _answer(self, count: int, counters: list[int], leap_bits: int) -> None:
         rx_headers, requests, rx_control = self.rx_headers, self.requests, self.rx_control
         replies, tx_control, tx_headers = self.replies, self.tx_control, self.tx_headers
-        wildcard, send_batch = self.wildcard, self.send_batch
-        result_unpack, stamp_unpack, tail_pack, origin_unpack = (
-            _RESULT.unpack_from, _TIMESTAMP_CMSG.unpack_from, _TAIL.pack_into, _ORIGIN.unpack_from
+        wildcard, send_batch, dst_len = self.wildcard, self.send_batch, self.dst_len
+        result_unpack, stamp_unpack, head_pack, origin_unpack = (
+            _RESULT.unpack_from, _TIMESTAMP_CMSG.unpack_from, _HEAD.pack_into, _ORIGIN.unpack_from
         )
-        time_ns = time.time_ns
         modes = _MODES
         pending = 0  # replies built but not sent yet
         moved = False  # a reply slot's header was changed: restore after the batch
@@ -209,62 +224,53 @@ class BatchSocket:
             request_at = i * RECEIVE_SIZE
             first = requests[request_at]
             mode = modes[first]
-            if length < wire.PACKET_LEN or length & 3 or flags & socket.MSG_TRUNC:
+            if length < _PACKET_LEN or length & 3 or flags & _MSG_TRUNC:
                 mode = wire.DROP_LENGTH
-            elif mode == wire.DEPENDS_ON_PORT:
+            elif mode == _DEPENDS_ON_PORT:
                 port = _PORT.unpack_from(self.names, i * NAME_SIZE + 2)[0]
                 mode = wire.reply_mode(first, length, port)
             if mode < 0:
                 counters[DROP_BASE - mode] += 1
                 continue
             control_at = i * RX_CONTROL_SIZE
-            seconds = _NO_TIMESTAMP
             info_at = -1
-            if controllen >= _TIMESTAMP_CMSG.size:
+            if controllen >= _TIMESTAMP_SIZE:
                 level, kind, seconds, nanos = stamp_unpack(rx_control, control_at)
-                if level != socket.SOL_SOCKET or kind != SCM_TIMESTAMPNS:
-                    seconds = _NO_TIMESTAMP
+                if level != _SOL_SOCKET or kind != _SCM_TIMESTAMPNS:
                     seconds, nanos, info_at = self._parse_control(control_at, controllen)
                 elif wildcard:
-                    info_at = self._find_pktinfo(control_at + socket.CMSG_SPACE(16),
+                    info_at = self._find_pktinfo(control_at + _TIMESTAMP_SIZE,
                                                  control_at + controllen)
-            elif controllen:
+            else:
                 seconds, nanos, info_at = self._parse_control(control_at, controllen)
-            if seconds == _NO_TIMESTAMP:
-                seconds, nanos = divmod(time_ns(), _NS)
+            if seconds == _NO_TIMESTAMP:  # no kernel timestamp: the best we have is now
+                seconds, nanos = divmod(time.time_ns(), _NS)
 
             slot = pending
-            reply_at = slot * wire.PACKET_LEN
+            reply_at = slot * _PACKET_LEN
             replies[reply_at] = leap_bits | (first & 0x38) | mode
             replies[reply_at + 2] = requests[request_at + 2]
-            header_at = slot * MMSG_SIZE
+            head_pack(
+                replies,
+                reply_at + 24,
+                origin_unpack(requests, request_at + 40)[0],
+                (((seconds + _EPOCH) & _MASK32) << 32) | ((nanos * _FRAC_MUL) >> _FRAC_SHIFT),
+            )
             if slot != i:
-                _HEADER_FIELDS.pack_into(tx_headers, header_at + _NAME_AT,
-                                         self.names_at + i * NAME_SIZE,
-                                         28 if self.dst_len == 20 else 16)
+                _NAME_PTR.pack_into(tx_headers, slot * MMSG_SIZE + _NAME_AT,
+                                    self.names_at + i * NAME_SIZE)
                 moved = True
             if wildcard:
                 if info_at >= 0:
                     at = slot * TX_CONTROL_SIZE + _CMSG_DATA_AT + self.dst_in_tx
-                    tx_control[at : at + self.dst_len] = rx_control[
-                        info_at + self.dst_in_rx : info_at + self.dst_in_rx + self.dst_len
-                    ]
+                    source_at = info_at + self.dst_in_rx
+                    tx_control[at : at + dst_len] = rx_control[source_at : source_at + dst_len]
                     if unrouted:
-                        _SIZE_T.pack_into(tx_headers, header_at + _CONTROLLEN_AT,
+                        _SIZE_T.pack_into(tx_headers, slot * MMSG_SIZE + _CONTROLLEN_AT,
                                           self.tx_controllen)
                 else:  # no pktinfo came: let the kernel choose the source address
-                    _SIZE_T.pack_into(tx_headers, header_at + _CONTROLLEN_AT, 0)
+                    _SIZE_T.pack_into(tx_headers, slot * MMSG_SIZE + _CONTROLLEN_AT, 0)
                     moved = unrouted = True
-            now_seconds, now_nanos = divmod(time_ns(), _NS)  # as late as possible
-            tail_pack(
-                replies,
-                reply_at + 24,
-                origin_unpack(requests, request_at + 40)[0],
-                (seconds + _EPOCH) & _MASK32,
-                (nanos << 32) // _NS,
-                (now_seconds + _EPOCH) & _MASK32,
-                (now_nanos << 32) // _NS,
-            )
             pending += 1
             if pending == send_batch:
                 self._send(pending, counters)
@@ -275,10 +281,26 @@ class BatchSocket:
             self.tx_headers[:] = self.tx_pristine
 
     def _send(self, count: int, counters: list[int]) -> None:
+        """Stamp the transmit timestamps, then send ``count`` replies with one sendmmsg.
+
+        The kernel sends the messages of one call one after another, so reply k leaves about
+        k message-costs after the call starts: its timestamp is the time read just before the
+        call plus k times the per-message cost measured on earlier calls (a moving average).
+        """
+        replies, pack, step = self.replies, _U64.pack_into, self.send_step_ns
+        start_ns = time.time_ns()
+        for k in range(count):
+            seconds, nanos = divmod(start_ns + (k + 1) * step, _NS)
+            pack(replies, k * _PACKET_LEN + 40,
+                 (((seconds + _EPOCH) & _MASK32) << 32) | ((nanos * _FRAC_MUL) >> _FRAC_SHIFT))
         sent = _sendmmsg(self.fd, self.tx_headers_at, count, 0)
-        if sent < 0:
+        elapsed = time.time_ns() - start_ns
+        if sent <= 0:
             counters[SEND_ERRORS] += count
             return
+        # Exponential moving average of the time per message, capped against outliers
+        # (a preemption in the middle of a call is not the cost of a message).
+        self.send_step_ns += (min(elapsed // sent, _MAX_STEP_NS) - self.send_step_ns) >> 3
         counters[ANSWERED] += sent
         if sent < count:
             counters[SEND_ERRORS] += count - sent
