@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__
+from . import __version__, metrics
 from .endpoints import Endpoint, parse_endpoint, resolve
 from .probe import probe
 from .supervisor import ServeConfig, Supervisor
@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         "fresher (default 16)",
     )
     serve.add_argument(
+        "--metrics",
+        type=_endpoint_type(9123, require_ip=True),
+        default=None,
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9123); off by default",
+    )
+    serve.add_argument(
         "--check-config",
         action="store_true",
         help="validate the arguments, print the effective settings and exit",
@@ -213,6 +220,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         io=args.io,
         batch=args.batch,
         send_batch=min(args.send_batch, args.batch),
+        metrics=args.metrics,
     )
 
 
@@ -230,6 +238,9 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         resolve(config.backend)
     except ValueError as error:
         parser.error(f"argument --backend: {error}")
+    if config.metrics is not None and not metrics.available():
+        parser.error("argument --metrics: needs the prometheus_client package "
+                     "(pip install 'pyresponder[metrics]')")
     if args.check_config:
         listen = ", ".join(map(str, config.listen)) or "-"
         print(

@@ -4,8 +4,8 @@ One anonymous shared mapping, created before the workers are forked, holds:
 - the latest valid backend sample, written only by the supervisor's poller and read by every
   worker under a sequence lock (readers never write, so a worker killed mid-read cannot block
   anybody, which a mutex could);
-- the poller's own statistics;
-- one slot of packet counters per worker, each written only by its worker.
+- the poller's and the supervisor's own statistics;
+- one slot of packet counters per worker and listening socket, each written only by its worker.
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ COUNTER_NAMES: Final = (
     "dropped_version",
     "dropped_mode",
     "send_errors",
+    "rate_limited",
+    "kod_sent",
 )
 RECEIVED: Final = 0
 ANSWERED: Final = 1
 SEND_ERRORS: Final = 5
+RATE_LIMITED: Final = 6
+KOD_SENT: Final = 7
 # wire.DROP_* reasons are -1, -2, -3: counter index = 1 - reason.
 DROP_BASE: Final = 1
 
@@ -36,6 +40,8 @@ _SAMPLE: Final = struct.Struct("=BBBb4sQddddd")
 _POLLER: Final = struct.Struct("=QQ")
 _SAMPLE_AT: Final = 8
 _POLLER_AT: Final = 64
+_SUPERVISOR: Final = struct.Struct("=QQ")  # workers running, worker restarts
+_SUPERVISOR_AT: Final = 80
 _COUNTERS_AT: Final = 128
 _COUNTERS: Final = struct.Struct(f"={len(COUNTER_NAMES)}Q")
 
@@ -46,10 +52,17 @@ class PollerStats:
     failures: int
 
 
+@dataclass(frozen=True, slots=True)
+class SupervisorStats:
+    workers_running: int
+    worker_restarts: int
+
+
 class SharedState:
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, listeners: int = 1) -> None:
         self.workers = workers
-        self._map = mmap.mmap(-1, _COUNTERS_AT + workers * _COUNTERS.size)
+        self.listeners = listeners
+        self._map = mmap.mmap(-1, _COUNTERS_AT + workers * listeners * _COUNTERS.size)
         self._seq = 0
 
     # --- backend sample (one writer: the supervisor) ---
@@ -99,17 +112,34 @@ class SharedState:
     def poller_stats(self) -> PollerStats:
         return PollerStats(*_POLLER.unpack_from(self._map, _POLLER_AT))
 
+    def record_workers(self, running: int, restarts: int) -> None:
+        _SUPERVISOR.pack_into(self._map, _SUPERVISOR_AT, running, restarts)
+
+    def supervisor_stats(self) -> SupervisorStats:
+        return SupervisorStats(*_SUPERVISOR.unpack_from(self._map, _SUPERVISOR_AT))
+
     # --- packet counters (one writer per slot: that worker) ---
 
-    def store_counters(self, worker: int, counters: list[int]) -> None:
-        _COUNTERS.pack_into(self._map, _COUNTERS_AT + worker * _COUNTERS.size, *counters)
+    def _slot(self, worker: int, listener: int) -> int:
+        return _COUNTERS_AT + (worker * self.listeners + listener) * _COUNTERS.size
 
-    def load_counters(self, worker: int) -> list[int]:
-        return list(_COUNTERS.unpack_from(self._map, _COUNTERS_AT + worker * _COUNTERS.size))
+    def store_counters(self, worker: int, counters: list[int], listener: int = 0) -> None:
+        _COUNTERS.pack_into(self._map, self._slot(worker, listener), *counters)
 
-    def totals(self) -> dict[str, int]:
+    def load_counters(self, worker: int, listener: int = 0) -> list[int]:
+        return list(_COUNTERS.unpack_from(self._map, self._slot(worker, listener)))
+
+    def listener_totals(self, listener: int) -> dict[str, int]:
+        """Counters of one listening socket, summed over the workers."""
         sums = [0] * len(COUNTER_NAMES)
         for worker in range(self.workers):
-            for index, value in enumerate(self.load_counters(worker)):
+            for index, value in enumerate(self.load_counters(worker, listener)):
                 sums[index] += value
         return dict(zip(COUNTER_NAMES, sums, strict=True))
+
+    def totals(self) -> dict[str, int]:
+        sums = dict.fromkeys(COUNTER_NAMES, 0)
+        for listener in range(self.listeners):
+            for name, value in self.listener_totals(listener).items():
+                sums[name] += value
+        return sums

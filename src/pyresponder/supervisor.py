@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
+from . import metrics
 from .backend import BackendPoller, PollError
 from .endpoints import Endpoint
 from .notify import Notifier
 from .shared import SharedState
 from .sockets import Listener, open_listeners, systemd_sockets
 from .syncstate import BackendSample, ServerState, SyncPolicy, evaluate
-from .worker import Worker, counter_summary
+from .worker import Worker, become_child, counter_summary
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class ServeConfig:
     io: str = "batch"
     batch: int = 64
     send_batch: int = 16
+    metrics: Endpoint | None = None
 
 
 @dataclass(slots=True)
@@ -70,8 +72,11 @@ class Supervisor:
         self.notifier = Notifier()
         self.signals = _Signals()
         self.slots = [_Slot() for _ in range(config.workers)]
-        self.shared = SharedState(config.workers)
+        self.shared = SharedState(config.workers)  # resized once the sockets are known
         self.listeners: list[Listener] = []
+        self.worker_restarts = 0
+        self.metrics_pid = 0
+        self.metrics_restart_at = 0.0
         self.state: ServerState | None = None
         self.sample: BackendSample | None = None
         self.ready = False
@@ -85,6 +90,9 @@ class Supervisor:
         self.listeners = open_listeners(inherited, endpoints, self.config.receive_buffer)
         if not self.listeners:
             raise ValueError("nothing to listen on: no --listen and no sockets from systemd")
+        self.shared = SharedState(self.config.workers, len(self.listeners))
+        if self.config.metrics is not None:
+            _check_tcp_bind(self.config.metrics)
         log.info(
             "listening on %s; backend %s; %d workers",
             ", ".join(listener.name for listener in self.listeners),
@@ -141,8 +149,14 @@ class Supervisor:
                 or now - started >= config.ready_timeout
             ):
                 self._become_ready()
+            if self.signals.children:
+                self.signals.children = False
+                self._reap(now)
             if self.ready:
                 self._tend_workers(now)
+            metrics_due = not self.metrics_pid and now >= self.metrics_restart_at
+            if config.metrics is not None and metrics_due:
+                self._spawn_metrics(config.metrics)
             interval = self.notifier.watchdog_interval
             if interval is not None and now >= next_watchdog:
                 self.notifier.send(WATCHDOG=1)
@@ -238,16 +252,43 @@ class Supervisor:
                 os._exit(code)
         slot = self.slots[index]
         slot.pid, slot.started_at, slot.restart_at = pid, now, 0.0
+        self._record_workers()
 
     def _tend_workers(self, now: float) -> None:
-        if self.signals.children:
-            self.signals.children = False
-            self._reap(now)
         for index, slot in enumerate(self.slots):
             if not slot.pid and now >= slot.restart_at:
                 self._spawn(index, now)
+                self.worker_restarts += 1
+                self._record_workers()
                 log.info("worker %d restarted as pid %d", index, self.slots[index].pid)
                 self.notifier.send(STATUS=self._status())
+
+    def _record_workers(self) -> None:
+        running = sum(1 for slot in self.slots if slot.pid)
+        self.shared.record_workers(running, self.worker_restarts)
+
+    def _spawn_metrics(self, endpoint: Endpoint) -> None:
+        sockets = [
+            metrics.SocketInfo(listener.name, os.fstat(listener.sock.fileno()).st_ino)
+            for listener in self.listeners
+        ]
+        collector = metrics.Collector(self.shared, sockets, self.config.policy,
+                                      self.config.workers)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                become_child("pyresponder-m")
+                for listener in self.listeners:
+                    listener.sock.close()  # this process must not keep the NTP sockets open
+                code = metrics.serve(endpoint, collector)
+            except BaseException:
+                log.exception("metrics endpoint on %s failed", endpoint)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.metrics_pid = pid
+        log.info("metrics on http://%s/metrics (pid %d)", endpoint, pid)
 
     def _reap(self, now: float) -> None:
         while True:
@@ -257,10 +298,16 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if pid == self.metrics_pid:
+                self.metrics_pid = 0
+                self.metrics_restart_at = now + 1.0
+                log.error("metrics process %s; restarting in 1 s", _describe_status(status))
+                continue
             for index, slot in enumerate(self.slots):
                 if slot.pid != pid:
                     continue
                 slot.pid = 0
+                self._record_workers()
                 if now - slot.started_at < QUICK_DEATH:
                     slot.quick_deaths += 1
                 else:
@@ -279,6 +326,8 @@ class Supervisor:
 
     def _stop_workers(self) -> None:
         pids = [slot.pid for slot in self.slots if slot.pid]
+        if self.metrics_pid:
+            pids.append(self.metrics_pid)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -302,6 +351,18 @@ class Supervisor:
                 os.waitpid(pid, 0)
         for slot in self.slots:
             slot.pid = 0
+        self.metrics_pid = 0
+
+
+def _check_tcp_bind(endpoint: Endpoint) -> None:
+    """Fail at start-up, with the address in the message, if the metrics port is not free."""
+    with socket.socket(endpoint.family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((endpoint.host, endpoint.port))
+        except OSError as error:
+            raise OSError(error.errno, f"cannot serve metrics on {endpoint}: {error.strerror}")\
+                from None
 
 
 def _describe_status(status: int) -> str:

@@ -31,6 +31,7 @@ _ANCILLARY_SIZE: Final = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(20) + 64
 _TIMESPEC: Final = struct.Struct("@qq")
 _U64: Final = struct.Struct("!Q")
 _PR_SET_PDEATHSIG: Final = 1
+_PR_SET_NAME: Final = 15
 _NS_PER_S: Final = 1_000_000_000
 
 
@@ -64,10 +65,14 @@ class Worker:
         self.policy = policy
         self.parent_pid = parent_pid
         self.stopping = False
-        self.counters = shared.load_counters(index)  # continue the totals of a dead predecessor
         self.engines = {
             listener.sock.fileno(): make_engine(listener, io, batch, send_batch)
             for listener in listeners
+        }
+        # One counter list per socket, continuing the totals of a dead predecessor.
+        self.counters = {
+            listener.sock.fileno(): shared.load_counters(index, position)
+            for position, listener in enumerate(listeners)
         }
         self.header = b""
         self.leap_bits = 0
@@ -77,7 +82,7 @@ class Worker:
         self.stopping = True  # finish the packets in hand, then exit
 
     def run(self) -> int:
-        _die_with_parent()
+        become_child(f"pyresponder-w{self.index}")
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -91,12 +96,12 @@ class Worker:
         try:
             while not self.stopping:
                 for fd, _events in poller.poll(REFRESH_INTERVAL):
-                    engines[fd].drain(counters, self.leap_bits, DRAIN_ROUNDS)
+                    engines[fd].drain(counters[fd], self.leap_bits, DRAIN_ROUNDS)
                 now = time.monotonic()
                 if now >= self._next_refresh:
                     self._refresh(now)
         finally:
-            self.shared.store_counters(self.index, self.counters)
+            self._store_counters()
             poller.close()
         return 0
 
@@ -107,11 +112,17 @@ class Worker:
             self.leap_bits = header[0] & 0xC0
             for engine in self.engines.values():
                 engine.set_header(header)
-        self.shared.store_counters(self.index, self.counters)
+        self._store_counters()
         self._next_refresh = now + REFRESH_INTERVAL
         if os.getppid() != self.parent_pid:
             log.error("worker %d: supervisor is gone, exiting", self.index)
             self.stopping = True
+
+
+    def _store_counters(self) -> None:
+        for position, listener in enumerate(self.listeners):
+            counters = self.counters[listener.sock.fileno()]
+            self.shared.store_counters(self.index, counters, position)
 
 
 class PlainSocket:
@@ -186,13 +197,18 @@ def _reply_pktinfo(level: int, kind: int, data: bytes) -> tuple[int, int, bytes]
     return None
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGTERM this worker if the supervisor dies (SIGKILL included)."""
+def become_child(name: str) -> None:
+    """Name this forked process (ps, top, /proc/PID/comm show it) and tie it to the supervisor.
+
+    The kernel sends SIGTERM if the supervisor dies, SIGKILL included; where prctl is missing,
+    the parent-pid checks in the loops still notice.
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
-        pass  # the parent-pid check in _refresh still catches it
+        pass
 
 
 def counter_summary(totals: dict[str, int]) -> str:

@@ -93,9 +93,19 @@ class Responder:
         raise TimeoutError(f"pyresponder did not answer on {address}:\n{self.log()}")
 
     def workers(self) -> list[int]:
-        """PIDs of the worker processes (children of the supervisor)."""
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        return [int(pid) for pid in children.read_text().split()]
+        """PIDs of the worker processes (the supervisor's children named pyresponder-wN)."""
+        return [pid for pid, name in self.children() if name.startswith("pyresponder-w")]
+
+    def children(self) -> list[tuple[int, str]]:
+        """(pid, process name) of every child of the supervisor."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        found = []
+        for pid in map(int, children):
+            try:
+                found.append((pid, Path(f"/proc/{pid}/comm").read_text().strip()))
+            except FileNotFoundError:
+                continue  # exited meanwhile
+        return found
 
     def log(self) -> str:
         return self.logfile.read_text(errors="replace")

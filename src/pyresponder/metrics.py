@@ -1,0 +1,187 @@
+"""The Prometheus endpoint (``--metrics ADDR:PORT``), served by a child of the supervisor.
+
+The supervisor stays single-threaded (it forks workers, and forking a threaded process is a known
+hazard), so the HTTP server runs in a process of its own that only reads the shared memory. Names
+follow ntpd-rs (``ntp_server_*``, ``ntp_system_*``) where they overlap; the rest are prefixed
+``pyresponder_``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .endpoints import Endpoint
+from .shared import SharedState
+from .syncstate import SyncPolicy, evaluate
+
+DROP_REASONS = {"dropped_length": "length", "dropped_version": "version", "dropped_mode": "mode"}
+
+
+def available() -> bool:
+    try:
+        import prometheus_client  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class SocketInfo:
+    name: str  # listen_address label
+    inode: int  # to find the socket in /proc/net/udp{,6}
+
+
+def kernel_socket_stats(
+    inodes: set[int], proc: Path = Path("/proc/self/net")
+) -> dict[int, tuple[int, int]]:
+    """(receive queue bytes, drops) per socket inode, from /proc/net/udp and udp6.
+
+    ``drops`` counts datagrams the kernel discarded because the socket's receive buffer was full:
+    the loss no user-space counter can see.
+    """
+    found: dict[int, tuple[int, int]] = {}
+    for table in ("udp", "udp6"):
+        with contextlib.suppress(OSError), (proc / table).open() as lines:
+            next(lines, None)  # header
+            for line in lines:
+                fields = line.split()
+                if len(fields) < 13:
+                    continue
+                inode = int(fields[9])
+                if inode in inodes:
+                    rx_queue = int(fields[4].split(":")[1], 16)
+                    found[inode] = (rx_queue, int(fields[12]))
+    return found
+
+
+class Collector:
+    """Reads the shared memory at scrape time; nothing is cached between scrapes."""
+
+    def __init__(self, shared: SharedState, sockets: Sequence[SocketInfo], policy: SyncPolicy,
+                 workers: int) -> None:
+        self.shared = shared
+        self.sockets = list(sockets)
+        self.policy = policy
+        self.workers = workers
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import (  # noqa: PLC0415 (optional dependency)
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            InfoMetricFamily,
+        )
+
+        labels = ["listen_address"]
+        per_socket = [self.shared.listener_totals(i) for i in range(len(self.sockets))]
+        simple = {
+            "received": ("ntp_server_received_packets", "Requests received"),
+            "answered": ("ntp_server_accepted_packets", "Requests answered"),
+            "send_errors": ("ntp_server_response_send_errors", "Replies the kernel refused"),
+            "rate_limited": ("ntp_server_rate_limited_packets", "Requests over the rate limit"),
+            "kod_sent": ("pyresponder_kod_sent", "Kiss-o'-death RATE replies sent"),
+        }
+        for key, (name, text) in simple.items():
+            family = CounterMetricFamily(name, text, labels=labels)
+            for info, totals in zip(self.sockets, per_socket, strict=True):
+                family.add_metric([info.name], totals[key])
+            yield family
+        ignored = CounterMetricFamily(
+            "ntp_server_ignored_packets", "Requests dropped as malformed or not to be answered",
+            labels=labels,
+        )
+        dropped = CounterMetricFamily(
+            "pyresponder_dropped_packets", "Requests dropped, by reason",
+            labels=[*labels, "reason"],
+        )
+        for info, totals in zip(self.sockets, per_socket, strict=True):
+            ignored.add_metric([info.name], sum(totals[key] for key in DROP_REASONS))
+            for key, reason in DROP_REASONS.items():
+                dropped.add_metric([info.name, reason], totals[key])
+        yield ignored
+        yield dropped
+
+        kernel = kernel_socket_stats({info.inode for info in self.sockets})
+        drops = CounterMetricFamily(
+            "pyresponder_socket_receive_drops",
+            "Datagrams the kernel dropped because the socket's receive buffer was full",
+            labels=labels,
+        )
+        queue = GaugeMetricFamily(
+            "pyresponder_socket_receive_queue_bytes", "Bytes waiting in the receive buffer",
+            labels=labels,
+        )
+        for info in self.sockets:
+            rx_queue, drop_count = kernel.get(info.inode, (0, 0))
+            drops.add_metric([info.name], drop_count)
+            queue.add_metric([info.name], rx_queue)
+        yield drops
+        yield queue
+
+        yield from self._backend(GaugeMetricFamily, CounterMetricFamily)
+
+        supervisor = self.shared.supervisor_stats()
+        yield GaugeMetricFamily("pyresponder_workers", "Worker processes running",
+                                value=supervisor.workers_running)
+        yield GaugeMetricFamily("pyresponder_workers_configured", "Worker processes wanted",
+                                value=self.workers)
+        yield CounterMetricFamily("pyresponder_worker_restarts", "Workers restarted after dying",
+                                  value=supervisor.worker_restarts)
+        build = InfoMetricFamily("pyresponder_build", "Version of pyresponder and Python")
+        build.add_metric([], {"version": __version__, "python": platform.python_version()})
+        yield build
+
+    def _backend(self, gauge: type, counter: type) -> Iterator[object]:
+        sample = self.shared.latest()
+        now = time.monotonic()
+        state = evaluate(sample, now, self.policy)
+        yield gauge("pyresponder_synchronized", "1 when replies say synchronized",
+                    value=int(state.synchronized))
+        yield gauge("ntp_system_stratum", "Stratum served to clients", value=state.stratum)
+        yield gauge("ntp_system_leap_indicator", "Leap indicator served to clients",
+                    value=state.leap)
+        stats = self.shared.poller_stats()
+        yield counter("pyresponder_backend_polls", "Requests sent to the backend",
+                      value=stats.polls)
+        yield counter("pyresponder_backend_poll_failures",
+                      "Backend polls without a valid reply", value=stats.failures)
+        if sample is None:
+            return
+        yield gauge("pyresponder_backend_stratum", "Stratum the backend reported",
+                    value=sample.stratum)
+        yield gauge("pyresponder_backend_leap_indicator", "Leap indicator the backend reported",
+                    value=sample.leap)
+        yield gauge("pyresponder_backend_offset_seconds",
+                    "Backend time minus local time at the last poll", value=sample.offset)
+        yield gauge("pyresponder_backend_delay_seconds", "Round trip to the backend",
+                    value=sample.delay)
+        yield gauge("ntp_system_root_delay_seconds", "Root delay of the backend",
+                    value=sample.root_delay)
+        yield gauge("ntp_system_root_dispersion_seconds", "Root dispersion of the backend",
+                    value=sample.root_dispersion)
+        yield gauge("pyresponder_backend_last_reply_age_seconds",
+                    "Seconds since the last valid backend reply", value=now - sample.received_at)
+
+
+def serve(endpoint: Endpoint, collector: Collector) -> int:
+    """Run the HTTP endpoint until SIGTERM (the body of the metrics process)."""
+    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)  # type: ignore[arg-type]
+    server, thread = start_http_server(endpoint.port, endpoint.host, registry)
+    parent = os.getppid()
+    while os.getppid() == parent:
+        if signal.sigtimedwait({signal.SIGTERM, signal.SIGINT}, 1.0) is not None:
+            break
+    server.shutdown()
+    thread.join(2)
+    return 0
