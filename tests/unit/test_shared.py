@@ -42,10 +42,10 @@ def test_counters_from_a_child_are_summed() -> None:
     shared = SharedState(2)
     pid = os.fork()
     if pid == 0:
-        shared.store_counters(1, [5, 4, 1, 0, 0, 0])
+        shared.store_counters(1, [5, 4, 1, 0, 0, 0, 0, 0])
         os._exit(0)
     os.waitpid(pid, 0)
-    shared.store_counters(0, [10, 10, 0, 0, 0, 0])
+    shared.store_counters(0, [10, 10, 0, 0, 0, 0, 0, 0])
     totals = shared.totals()
     assert set(totals) == set(COUNTER_NAMES)
     assert totals["received"] == 15
