@@ -1,0 +1,66 @@
+"""Helpers shared by the molecule tests: the container's name, docker exec, ansible-playbook runs."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCENARIO = Path(__file__).resolve().parents[1]
+REPO = SCENARIO.parents[1]
+
+
+@pytest.fixture(scope="module")
+def container(host) -> str:
+    """Name of the container under test (molecule's instance, or --hosts=docker://NAME)."""
+    return os.environ.get("MOLECULE_CONTAINER") or host.backend.get_hostname()
+
+
+@pytest.fixture(scope="module")
+def dexec(container):
+    """Run a command in the container with docker exec (fast, and independent of testinfra)."""
+
+    def run(*argv: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", "exec", container, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def playbook(container, tmp_path_factory):
+    """Run one of the repository's playbooks against the container, with molecule's group vars."""
+    inv = tmp_path_factory.mktemp("inventory")
+    (inv / "hosts.yml").write_text(
+        "all:\n  children:\n    ntp_servers:\n      hosts:\n"
+        f"        {container}:\n          ansible_connection: community.docker.docker\n"
+    )
+    shutil.copytree(SCENARIO / "inventory" / "group_vars", inv / "group_vars")
+    ansible = shutil.which("ansible-playbook") or str(Path(os.sys.executable).parent / "ansible-playbook")
+
+    def run(path: str, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, ANSIBLE_PIPELINING="true", ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+        env.pop("ANSIBLE_INVENTORY", None)
+        return subprocess.run(
+            [ansible, "-i", str(inv), str(REPO / path), *extra],
+            capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def tools_in_container(container) -> None:
+    """Copy the load client and ntplib (a single pure-Python module) into the container."""
+    import ntplib  # the real client library, as in the project's own tests
+
+    subprocess.run(["docker", "exec", container, "mkdir", "-p", "/tmp/pyr-test"], check=True)
+    for src in (SCENARIO / "files" / "ntp_stream.py", Path(ntplib.__file__)):
+        subprocess.run(["docker", "cp", str(src), f"{container}:/tmp/pyr-test/{src.name}"], check=True)

@@ -1,0 +1,88 @@
+"""Blue/green rollouts under load: zero loss across two swaps; a failed release changes nothing."""
+
+import json
+import time
+
+import pytest
+
+RATE = 2000  # requests per second from the client inside the container
+MAX_SECONDS = 150  # hard bound on the stream (RATE x MAX_SECONDS requests at most)
+
+
+def _active(dexec) -> str:
+    return dexec("cat", "/var/lib/pyresponder/active").stdout.strip()
+
+
+def _running(dexec, colour: str) -> bool:
+    return dexec("systemctl", "is-active", f"pyresponder@{colour}", check=False).stdout.strip() == "active"
+
+
+def _probe_123(dexec) -> dict:
+    r = dexec("/opt/pyresponder/colours/blue/bin/pyresponder", "probe", "127.0.0.1:123", "--json", check=False)
+    return json.loads(r.stdout)
+
+
+def test_two_swaps_under_load_lose_nothing(dexec, playbook, tools_in_container):
+    first = _active(dexec)
+    dexec("rm", "-f", "/tmp/pyr-test/started", "/tmp/pyr-test/stop", "/tmp/pyr-test/stream.json")
+    dexec(
+        "sh", "-c",
+        "nohup python3 /tmp/pyr-test/ntp_stream.py --host 127.0.0.1 --port 123"
+        f" --rate {RATE} --max-seconds {MAX_SECONDS} --started-file /tmp/pyr-test/started"
+        " --stop-file /tmp/pyr-test/stop --out /tmp/pyr-test/stream.json"
+        " >/tmp/pyr-test/stream.log 2>&1 &",
+    )
+    for _ in range(50):
+        if dexec("test", "-e", "/tmp/pyr-test/started", check=False).returncode == 0:
+            break
+        time.sleep(0.1)
+    time.sleep(1)  # steady state before the first swap
+    colours = [first]
+    t0 = time.monotonic()
+    for _ in range(2):
+        r = playbook("playbooks/swap.yml")
+        assert r.returncode == 0, r.stdout[-3000:]
+        colours.append(_active(dexec))
+    swaps_seconds = time.monotonic() - t0
+    time.sleep(1)  # steady state after the second swap
+    dexec("touch", "/tmp/pyr-test/stop")
+    for _ in range(100):
+        r = dexec("cat", "/tmp/pyr-test/stream.json", check=False)
+        if r.returncode == 0:
+            break
+        time.sleep(0.1)
+    summary = json.loads(r.stdout)
+    print(f"colours {' -> '.join(colours)}, swaps took {swaps_seconds:.1f} s, stream {summary}")
+    other = "green" if first == "blue" else "blue"
+    assert colours == [first, other, first]
+    # The stream outlasted both swaps (else the test proved nothing).
+    assert summary["seconds"] > swaps_seconds
+    assert summary["sent"] >= RATE * swaps_seconds * 0.8
+    assert summary["lost"] == 0, summary
+    assert summary["bad"] == 0, summary
+    assert summary["unsynchronized"] == 0, summary
+    assert not _running(dexec, other)
+
+
+@pytest.mark.parametrize(
+    "case, extra",
+    [
+        # Starts, but its backend never answers: READY after 2 s, replies unsynchronized.
+        ("unsynchronized", ["-e", "ntp_frontend_backend=127.0.0.1:9", "-e", "ntp_frontend_ready_timeout=2"]),
+        # Cannot start at all: its extra --listen is chronyd's port, already taken.
+        ("cannot start", ["-e", '{"ntp_frontend_extra_args": ["--listen", "127.0.0.1:11123"]}']),
+    ],
+)
+def test_failed_release_keeps_old_colour(dexec, playbook, case, extra):
+    before = _active(dexec)
+    r = playbook("site.yml", *extra)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-3000:]
+    assert "ROLLOUT FAILED" in out, out[-3000:]
+    new = "green" if before == "blue" else "blue"
+    assert f"Colour {before} keeps serving" in out
+    assert _active(dexec) == before
+    assert _running(dexec, before)
+    assert not _running(dexec, new)
+    reply = _probe_123(dexec)
+    assert reply["synchronized"] and reply["mode"] == 4, reply
