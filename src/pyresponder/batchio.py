@@ -28,7 +28,8 @@ import time
 from typing import Final
 
 from . import wire
-from .shared import ANSWERED, DROP_BASE, RECEIVED, SEND_ERRORS
+from .ratelimit import DROP, KISS_OF_DEATH, RateLimiter, ipv6_key
+from .shared import ANSWERED, DROP_BASE, KOD_SENT, RATE_LIMITED, RECEIVED, SEND_ERRORS
 from .sockets import IP_PKTINFO, IPV6_PKTINFO, SCM_TIMESTAMPNS, Listener
 
 
@@ -72,6 +73,8 @@ _ORIGIN: Final = struct.Struct("!Q")
 _U64: Final = struct.Struct("!Q")
 _NAME_PTR: Final = struct.Struct("@P")
 _PORT: Final = struct.Struct("!H")
+_IPV4: Final = struct.Struct("!I")
+_IPV6: Final = struct.Struct("!QQ")
 
 RECEIVE_SIZE: Final = 2048
 NAME_SIZE: Final = 128  # sockaddr_storage
@@ -124,7 +127,8 @@ class BatchSocket:
     """One listening socket served with recvmmsg/sendmmsg and preallocated buffers."""
 
     def __init__(self, listener: Listener, batch: int = DEFAULT_BATCH,
-                 send_batch: int = DEFAULT_SEND_BATCH) -> None:
+                 send_batch: int = DEFAULT_SEND_BATCH,
+                 limiter: RateLimiter | None = None) -> None:
         if not AVAILABLE:
             raise OSError(errno.ENOSYS, "recvmmsg/sendmmsg are not available")
         self.listener = listener
@@ -133,6 +137,8 @@ class BatchSocket:
         self.send_batch = max(1, min(send_batch, batch))
         self.wildcard = listener.wildcard
         self.send_step_ns = _INITIAL_STEP_NS
+        self.limiter = limiter
+        self.header = bytes(24)
         ipv6 = listener.family == socket.AF_INET6
         self._pins: list[ctypes.Array[ctypes.c_char]] = []
 
@@ -164,6 +170,7 @@ class BatchSocket:
             self.dst_in_rx, self.dst_len, self.dst_in_tx = 8, 4, 4  # ipi_addr -> ipi_spec_dst
         self.tx_controllen = socket.CMSG_SPACE(info_len)
         name_len = 28 if ipv6 else 16  # sockaddr_in6 / sockaddr_in: fixed per socket family
+        self.ipv6 = ipv6
 
         for i in range(batch):
             _IOVEC.pack_into(rx_iov, i * IOVEC_SIZE, addr["requests"] + i * RECEIVE_SIZE,
@@ -193,6 +200,7 @@ class BatchSocket:
 
     def set_header(self, header: bytes) -> None:
         """Write the server's 24-byte header into every reply slot (on backend state changes)."""
+        self.header = header
         for offset in range(0, len(self.replies), wire.PACKET_LEN):
             self.replies[offset : offset + 24] = header
 
@@ -219,6 +227,8 @@ class BatchSocket:
         pending = 0  # replies built but not sent yet
         moved = False  # a reply slot's header was changed: restore after the batch
         unrouted = False  # some slot was sent without pktinfo: give it back when reused
+        kissed = False  # a reply slot holds a KoD header: restore after the batch
+        limiter = self.limiter
         for i in range(count):
             controllen, flags, length = result_unpack(rx_headers, i * MMSG_SIZE + _CONTROLLEN_AT)
             request_at = i * RECEIVE_SIZE
@@ -245,9 +255,20 @@ class BatchSocket:
                 seconds, nanos, info_at = self._parse_control(control_at, controllen)
             if seconds == _NO_TIMESTAMP:  # no kernel timestamp: the best we have is now
                 seconds, nanos = divmod(time.time_ns(), _NS)
+            kiss = False
+            if limiter is not None and not limiter.admit(
+                self._client_key(i), seconds + nanos / _NS
+            ):
+                counters[RATE_LIMITED] += 1
+                fate = limiter.over_limit()
+                if fate == DROP:
+                    continue
+                kiss = fate == KISS_OF_DEATH
 
             slot = pending
             reply_at = slot * _PACKET_LEN
+            if kissed:  # a KoD earlier in this batch may have left its header in this slot
+                replies[reply_at : reply_at + 24] = self.header
             replies[reply_at] = leap_bits | (first & 0x38) | mode
             replies[reply_at + 2] = requests[request_at + 2]
             head_pack(
@@ -256,6 +277,12 @@ class BatchSocket:
                 origin_unpack(requests, request_at + 40)[0],
                 (((seconds + _EPOCH) & _MASK32) << 32) | ((nanos * _FRAC_MUL) >> _FRAC_SHIFT),
             )
+            if kiss:  # RFC 5905 kiss-o'-death: LI 3, stratum 0, refid "RATE"
+                replies[reply_at] = 0xC0 | (first & 0x38) | mode
+                replies[reply_at + 1] = 0
+                replies[reply_at + 12 : reply_at + 16] = b"RATE"
+                counters[KOD_SENT] += 1
+                kissed = True
             if slot != i:
                 _NAME_PTR.pack_into(tx_headers, slot * MMSG_SIZE + _NAME_AT,
                                     self.names_at + i * NAME_SIZE)
@@ -279,6 +306,15 @@ class BatchSocket:
             self._send(pending, counters)
         if moved:
             self.tx_headers[:] = self.tx_pristine
+        if kissed:
+            self.set_header(self.header)
+
+    def _client_key(self, index: int) -> int:
+        if self.ipv6:
+            high, low = _IPV6.unpack_from(self.names, index * NAME_SIZE + 8)
+            return ipv6_key(high, low)
+        key: int = _IPV4.unpack_from(self.names, index * NAME_SIZE + 4)[0]
+        return key
 
     def _send(self, count: int, counters: list[int]) -> None:
         """Stamp the transmit timestamps, then send ``count`` replies with one sendmmsg.

@@ -13,6 +13,7 @@ from typing import NoReturn
 from . import __version__, metrics
 from .endpoints import Endpoint, parse_endpoint, resolve
 from .probe import probe
+from .ratelimit import RateLimitPolicy
 from .supervisor import ServeConfig, Supervisor
 from .syncstate import SyncPolicy
 
@@ -45,6 +46,12 @@ def _positive_float(text: str) -> float:
 def _workers(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
         raise argparse.ArgumentTypeError(f"{text!r} must be a whole number from 1 to {MAX_WORKERS}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) > 1 << 24:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number from 0 to {1 << 24}")
     return int(text)
 
 
@@ -180,6 +187,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR:PORT",
         help="serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9123); off by default",
     )
+    limits = serve.add_argument_group(
+        "rate limiting (off by default)",
+        "Per client address, shared by all workers, in a fixed-size table. Many clients behind "
+        "one carrier-grade NAT share an address: keep the limits generous.",
+    )
+    limits.add_argument("--rate-limit", action="store_true", help="switch rate limiting on")
+    limits.add_argument(
+        "--rate-limit-interval", type=_positive_float, default=1.0, metavar="S",
+        help="sustained rate: one reply per S seconds per client (default 1)",
+    )
+    limits.add_argument(
+        "--rate-limit-burst", type=_workers, default=16, metavar="N",
+        help="replies a client may get in a burst (default 16)",
+    )
+    limits.add_argument(
+        "--rate-limit-leak", type=_count, default=4, metavar="N",
+        help="still answer 1 in N limited requests, 0 for none (default 4)",
+    )
+    limits.add_argument(
+        "--rate-limit-kod", type=_count, default=8, metavar="N",
+        help="answer 1 in N of the other limited requests with a kiss-o'-death RATE, "
+        "0 for none (default 8)",
+    )
+    limits.add_argument(
+        "--rate-limit-slots", type=_count, default=65536, metavar="N",
+        help="clients tracked at most (16 bytes each; default 65536)",
+    )
     serve.add_argument(
         "--check-config",
         action="store_true",
@@ -221,6 +255,13 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         batch=args.batch,
         send_batch=min(args.send_batch, args.batch),
         metrics=args.metrics,
+        rate_limit=RateLimitPolicy(
+            interval=args.rate_limit_interval,
+            burst=args.rate_limit_burst,
+            leak=args.rate_limit_leak,
+            kod=args.rate_limit_kod,
+            slots=max(args.rate_limit_slots, 1),
+        ) if args.rate_limit else None,
     )
 
 

@@ -22,6 +22,7 @@ from . import metrics
 from .backend import BackendPoller, PollError
 from .endpoints import Endpoint
 from .notify import Notifier
+from .ratelimit import RateLimiter, RateLimitPolicy
 from .shared import SharedState
 from .sockets import Listener, open_listeners, systemd_sockets
 from .syncstate import BackendSample, ServerState, SyncPolicy, evaluate
@@ -49,6 +50,7 @@ class ServeConfig:
     batch: int = 64
     send_batch: int = 16
     metrics: Endpoint | None = None
+    rate_limit: RateLimitPolicy | None = None
 
 
 @dataclass(slots=True)
@@ -77,6 +79,8 @@ class Supervisor:
         self.worker_restarts = 0
         self.metrics_pid = 0
         self.metrics_restart_at = 0.0
+        # Created before any fork: the workers share its table.
+        self.limiter = RateLimiter(config.rate_limit) if config.rate_limit else None
         self.state: ServerState | None = None
         self.sample: BackendSample | None = None
         self.ready = False
@@ -244,6 +248,7 @@ class Supervisor:
                 code = Worker(
                     index, self.listeners, self.shared, config.policy, parent,
                     io=config.io, batch=config.batch, send_batch=config.send_batch,
+                    limiter=self.limiter,
                 ).run()
             except BaseException:
                 log.exception("worker %d crashed", index)

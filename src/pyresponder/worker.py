@@ -9,6 +9,7 @@ socket: ``batchio.BatchSocket`` (recvmmsg/sendmmsg) or, where that is missing, `
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import logging
 import os
 import select
@@ -19,7 +20,17 @@ import time
 from typing import Final, Protocol
 
 from . import batchio, wire
-from .shared import ANSWERED, COUNTER_NAMES, DROP_BASE, RECEIVED, SEND_ERRORS, SharedState
+from .ratelimit import DROP, KISS_OF_DEATH, RateLimiter, ipv6_key
+from .shared import (
+    ANSWERED,
+    COUNTER_NAMES,
+    DROP_BASE,
+    KOD_SENT,
+    RATE_LIMITED,
+    RECEIVED,
+    SEND_ERRORS,
+    SharedState,
+)
 from .sockets import IP_PKTINFO, IPV6_PKTINFO, SCM_TIMESTAMPNS, Listener
 from .syncstate import SyncPolicy, evaluate
 
@@ -41,10 +52,12 @@ class Engine(Protocol):
     def drain(self, counters: list[int], leap_bits: int, rounds: int) -> None: ...
 
 
-def make_engine(listener: Listener, io: str, batch: int, send_batch: int) -> Engine:
+def make_engine(
+    listener: Listener, io: str, batch: int, send_batch: int, limiter: RateLimiter | None
+) -> Engine:
     if io == "batch" and batchio.AVAILABLE:
-        return batchio.BatchSocket(listener, batch, send_batch)
-    return PlainSocket(listener, batch)
+        return batchio.BatchSocket(listener, batch, send_batch, limiter)
+    return PlainSocket(listener, batch, limiter)
 
 
 class Worker:
@@ -58,6 +71,7 @@ class Worker:
         io: str = "batch",
         batch: int = batchio.DEFAULT_BATCH,
         send_batch: int = batchio.DEFAULT_SEND_BATCH,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.index = index
         self.listeners = listeners
@@ -66,7 +80,7 @@ class Worker:
         self.parent_pid = parent_pid
         self.stopping = False
         self.engines = {
-            listener.sock.fileno(): make_engine(listener, io, batch, send_batch)
+            listener.sock.fileno(): make_engine(listener, io, batch, send_batch, limiter)
             for listener in listeners
         }
         # One counter list per socket, continuing the totals of a dead predecessor.
@@ -128,7 +142,8 @@ class Worker:
 class PlainSocket:
     """One datagram per system call (recvmsg_into/sendmsg): the portable fallback."""
 
-    def __init__(self, listener: Listener, batch: int) -> None:
+    def __init__(self, listener: Listener, batch: int, limiter: RateLimiter | None) -> None:
+        self.limiter = limiter
         self.sock = listener.sock
         self.name = listener.name
         self.wildcard = listener.wildcard
@@ -172,7 +187,21 @@ class PlainSocket:
                     pktinfo = _reply_pktinfo(level, kind, data)
             if not receive_ns:
                 receive_ns = time_ns()
+            kiss = False
+            if self.limiter is not None and not self.limiter.admit(
+                _client_key(address[0]), receive_ns / _NS_PER_S
+            ):
+                counters[RATE_LIMITED] += 1
+                fate = self.limiter.over_limit()
+                if fate == DROP:
+                    continue
+                kiss = fate == KISS_OF_DEATH
             wire.write_reply(reply, buffer, mode, header, wire.ntp_from_unix_ns(receive_ns), 0)
+            if kiss:  # RFC 5905 kiss-o'-death: LI 3, stratum 0, refid "RATE"
+                reply[0] = 0xC0 | (reply[0] & 0x3F)
+                reply[1] = 0
+                reply[12:16] = b"RATE"
+                counters[KOD_SENT] += 1
             # The transmit timestamp is read last, as close to the send as Python allows.
             _U64.pack_into(reply, 40, wire.ntp_from_unix_ns(time_ns()))
             try:
@@ -184,6 +213,14 @@ class PlainSocket:
                 counters[SEND_ERRORS] += 1
                 continue
             counters[ANSWERED] += 1
+
+
+def _client_key(host: str) -> int:
+    """The rate limiter's key for a source address, the same as the batch engine computes."""
+    address = int(ipaddress.ip_address(host.partition("%")[0]))
+    if ":" in host:
+        return ipv6_key(address >> 64, address & ((1 << 64) - 1))
+    return address
 
 
 def _reply_pktinfo(level: int, kind: int, data: bytes) -> tuple[int, int, bytes] | None:
