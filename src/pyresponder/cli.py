@@ -187,6 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR:PORT",
         help="serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9123); off by default",
     )
+    handoff_group = serve.add_argument_group(
+        "socket handoff without systemd",
+        "A running instance with --control hands its sockets to a new one started with "
+        "--takeover, which then tells it to finish: no request is lost.",
+    )
+    handoff_group.add_argument(
+        "--control", metavar="PATH", help="listen for handoff requests on this Unix socket"
+    )
+    handoff_group.add_argument(
+        "--takeover", metavar="PATH",
+        help="take the listening sockets from the instance whose control socket is PATH, "
+        "then replace it (also on PATH, unless --control names another)",
+    )
     limits = serve.add_argument_group(
         "rate limiting (off by default)",
         "Per client address, shared by all workers, in a fixed-size table. Many clients behind "
@@ -240,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
     listen: list[Endpoint] = args.listen or []
-    systemd = bool(os.environ.get("LISTEN_FDS"))
-    if not listen and not systemd:
+    inherits = bool(os.environ.get("LISTEN_FDS")) or args.takeover is not None
+    if not listen and not inherits:
         listen = [parse_endpoint(DEFAULT_LISTEN, 123)]
     return ServeConfig(
         listen=tuple(listen),
@@ -262,6 +275,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             kod=args.rate_limit_kod,
             slots=max(args.rate_limit_slots, 1),
         ) if args.rate_limit else None,
+        control=args.control,
+        takeover=args.takeover,
     )
 
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from . import metrics
+from . import __version__, handoff, metrics
 from .backend import BackendPoller, PollError
 from .endpoints import Endpoint
 from .notify import Notifier
@@ -51,6 +51,8 @@ class ServeConfig:
     send_batch: int = 16
     metrics: Endpoint | None = None
     rate_limit: RateLimitPolicy | None = None
+    control: str | None = None  # Unix socket path that hands our sockets to a successor
+    takeover: str | None = None  # control socket of the instance to take the sockets from
 
 
 @dataclass(slots=True)
@@ -81,6 +83,8 @@ class Supervisor:
         self.metrics_restart_at = 0.0
         # Created before any fork: the workers share its table.
         self.limiter = RateLimiter(config.rate_limit) if config.rate_limit else None
+        self.control: handoff.ControlServer | None = None
+        self.awaiting_takeover = config.takeover is not None
         self.state: ServerState | None = None
         self.sample: BackendSample | None = None
         self.ready = False
@@ -90,13 +94,22 @@ class Supervisor:
 
     def run(self) -> int:
         inherited = systemd_sockets() if self.config.use_systemd_sockets else []
+        if self.config.takeover is not None:
+            inherited += handoff.fetch_sockets(self.config.takeover)
         endpoints = self.config.listen
         self.listeners = open_listeners(inherited, endpoints, self.config.receive_buffer)
         if not self.listeners:
             raise ValueError("nothing to listen on: no --listen and no sockets from systemd")
         self.shared = SharedState(self.config.workers, len(self.listeners))
-        if self.config.metrics is not None:
-            _check_tcp_bind(self.config.metrics)
+        if self.config.metrics is not None and not self.awaiting_takeover:
+            _check_tcp_bind(self.config.metrics)  # (a predecessor still holds it until it ends)
+        control_path = self.config.control or self.config.takeover
+        if control_path is not None:
+            self.control = handoff.ControlServer(
+                control_path, self._hand_over, self._describe, self._finish
+            )
+            if not self.awaiting_takeover:
+                self.control.publish()
         log.info(
             "listening on %s; backend %s; %d workers",
             ", ".join(listener.name for listener in self.listeners),
@@ -118,6 +131,8 @@ class Supervisor:
             self._stop_workers()
             signal.set_wakeup_fd(-1)
             poller.close()
+            if self.control is not None:
+                self.control.close()
             wake_read.close()
             wake_write.close()
             for listener in self.listeners:
@@ -158,7 +173,11 @@ class Supervisor:
                 self._reap(now)
             if self.ready:
                 self._tend_workers(now)
-            metrics_due = not self.metrics_pid and now >= self.metrics_restart_at
+            metrics_due = (
+                not self.metrics_pid
+                and now >= self.metrics_restart_at
+                and not self.awaiting_takeover
+            )
             if config.metrics is not None and metrics_due:
                 self._spawn_metrics(config.metrics)
             interval = self.notifier.watchdog_interval
@@ -172,7 +191,12 @@ class Supervisor:
             if not self.ready:
                 deadline = min(deadline, started + config.ready_timeout)
             timeout = max(0.0, min(deadline - time.monotonic(), 1.0))
-            readable, _, _ = select.select([poller.fileno(), wake.fileno()], [], [], timeout)
+            watched = [poller.fileno(), wake.fileno()]
+            if self.control is not None:
+                watched.append(self.control.fileno())
+            readable, _, _ = select.select(watched, [], [], timeout)
+            if self.control is not None and self.control.fileno() in readable:
+                self.control.handle()
             if wake.fileno() in readable:
                 with contextlib.suppress(OSError):
                     wake.recv(4096)
@@ -236,6 +260,35 @@ class Supervisor:
             self._spawn(index, time.monotonic())
         self.notifier.send(READY=1, STATUS=self._status(), MAINPID=os.getpid())
         log.info("ready: %s", self._status())
+        if self.config.takeover is not None and self.control is not None:
+            # Serving now, side by side with the predecessor: let it go.
+            handoff.tell_to_finish(self.config.takeover)
+            self.control.publish()
+            self.awaiting_takeover = False
+            log.info("took over from the instance at %s", self.config.takeover)
+
+    # --- control socket ---
+
+    def _hand_over(self) -> tuple[list[str], list[int]]:
+        return (
+            [listener.name for listener in self.listeners],
+            [listener.sock.fileno() for listener in self.listeners],
+        )
+
+    def _describe(self) -> dict[str, object]:
+        state = self.state
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "synchronized": bool(state and state.synchronized),
+            "state": state.reason if state else "starting",
+            "workers": sum(1 for slot in self.slots if slot.pid),
+            "listeners": [listener.name for listener in self.listeners],
+        }
+
+    def _finish(self) -> None:
+        self.signals.stop = True
+        self.signals.names.append("takeover")
 
     def _spawn(self, index: int, now: float) -> None:
         parent = os.getpid()
