@@ -62,6 +62,7 @@ class Config:
     late_ms: int
     quiet_wait: float  # before a sweep, wait up to this long for other processes to calm down
     retries: int  # extra attempts at a step disturbed by other processes
+    patience: float  # total seconds the run may spend on such waits and extra attempts
     settle: float
     servers: tuple[str, ...]
     pyresponder_args: tuple[str, ...]
@@ -127,6 +128,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         late_ms=args.late_ms,
         quiet_wait=0.0 if quick else 10.0,
         retries=0 if quick else 1,
+        patience=0.0 if quick else 60.0,
         settle=0.1 if quick else 0.3,
         servers=servers,
         pyresponder_args=tuple(shlex.split(args.pyresponder_args)),
@@ -448,6 +450,7 @@ def sweep(cfg: Config, binary: Path, server: Server, rep: int) -> Sweep:
         tries: list[Step] = []
         for attempt in range(cfg.retries + 1):
             if attempt:
+                PATIENCE.spend(cfg.duration + 0.5)
                 wait_quiet(3.0)
             s = run_step(cfg, binary, server.port, server.pid, rate)
             tries.append(s)
@@ -457,6 +460,7 @@ def sweep(cfg: Config, binary: Path, server: Server, rep: int) -> Sweep:
                 s.other_cores > NOISE_CORES
                 and (kind == "half" or not s.ok)
                 and attempt < cfg.retries
+                and PATIENCE.left() > cfg.duration + 0.5
             )
             print(
                 f"  {server.label:15s} rep {rep + 1} {rate:>7d}/s: sent {s.send_rate:>7.0f}/s "
@@ -521,14 +525,34 @@ def sweep(cfg: Config, binary: Path, server: Server, rep: int) -> Sweep:
     return result
 
 
+class Patience:
+    """A budget of seconds for waiting out other processes, so a busy machine cannot stretch
+    the run without bound."""
+
+    def __init__(self) -> None:
+        self.remaining = 0.0
+
+    def left(self) -> float:
+        return max(self.remaining, 0.0)
+
+    def spend(self, seconds: float) -> None:
+        self.remaining -= seconds
+
+
+PATIENCE = Patience()
+
+
 def wait_quiet(max_wait: float) -> float:
-    """Wait up to MAX_WAIT s until other processes use < NOISE_CORES; return the last reading."""
-    deadline = time.monotonic() + max_wait
+    """Wait up to MAX_WAIT s (within the patience budget) until other processes use less than
+    NOISE_CORES; return the last reading, in cores."""
+    started = time.monotonic()
+    deadline = started + min(max_wait, PATIENCE.left())
     while True:
         before = system_cpu()[0]
         time.sleep(0.5)
         busy = (system_cpu()[0] - before) / 0.5
         if busy < NOISE_CORES or time.monotonic() >= deadline:
+            PATIENCE.spend(max(time.monotonic() - started - 0.5, 0.0))
             return busy
 
 
@@ -781,6 +805,7 @@ def report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
+    PATIENCE.remaining = cfg.patience
     cfg.out.mkdir(parents=True, exist_ok=True)
     binary = build_ntpload(cfg.out)
     started = time.monotonic()
