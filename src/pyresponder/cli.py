@@ -181,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         "fresher (default 16)",
     )
     serve.add_argument(
+        "--worker-sockets",
+        choices=("shared", "spread"),
+        default="shared",
+        help="shared: every worker reads every socket (default); spread: with several "
+        "SO_REUSEPORT sockets on one address, worker i reads only sockets i, i+N, ...",
+    )
+    serve.add_argument(
         "--metrics",
         type=_endpoint_type(9123, require_ip=True),
         default=None,
@@ -275,6 +282,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             kod=args.rate_limit_kod,
             slots=max(args.rate_limit_slots, 1),
         ) if args.rate_limit else None,
+        worker_sockets=args.worker_sockets,
         control=args.control,
         takeover=args.takeover,
     )

@@ -51,6 +51,7 @@ class ServeConfig:
     send_batch: int = 16
     metrics: Endpoint | None = None
     rate_limit: RateLimitPolicy | None = None
+    worker_sockets: str = "shared"  # or "spread": worker i reads sockets i, i+N, ...
     control: str | None = None  # Unix socket path that hands our sockets to a successor
     takeover: str | None = None  # control socket of the instance to take the sockets from
 
@@ -302,6 +303,7 @@ class Supervisor:
                     index, self.listeners, self.shared, config.policy, parent,
                     io=config.io, batch=config.batch, send_batch=config.send_batch,
                     limiter=self.limiter,
+                    spread_over=config.workers if config.worker_sockets == "spread" else 0,
                 ).run()
             except BaseException:
                 log.exception("worker %d crashed", index)

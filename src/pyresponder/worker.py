@@ -72,21 +72,30 @@ class Worker:
         batch: int = batchio.DEFAULT_BATCH,
         send_batch: int = batchio.DEFAULT_SEND_BATCH,
         limiter: RateLimiter | None = None,
+        spread_over: int = 0,
     ) -> None:
         self.index = index
-        self.listeners = listeners
+        # Which sockets this worker reads: all of them (shared), or with spread_over=N workers
+        # every N-th one (one SO_REUSEPORT socket per worker), kept with its position for the
+        # counters.
+        self.positions = [
+            (position, listener)
+            for position, listener in enumerate(listeners)
+            if not spread_over or len(listeners) < spread_over
+            or position % spread_over == index
+        ]
         self.shared = shared
         self.policy = policy
         self.parent_pid = parent_pid
         self.stopping = False
         self.engines = {
             listener.sock.fileno(): make_engine(listener, io, batch, send_batch, limiter)
-            for listener in listeners
+            for _, listener in self.positions
         }
         # One counter list per socket, continuing the totals of a dead predecessor.
         self.counters = {
             listener.sock.fileno(): shared.load_counters(index, position)
-            for position, listener in enumerate(listeners)
+            for position, listener in self.positions
         }
         self.header = b""
         self.leap_bits = 0
@@ -134,7 +143,7 @@ class Worker:
 
 
     def _store_counters(self) -> None:
-        for position, listener in enumerate(self.listeners):
+        for position, listener in self.positions:
             counters = self.counters[listener.sock.fileno()]
             self.shared.store_counters(self.index, counters, position)
 

@@ -456,3 +456,18 @@ def test_queued_burst_is_answered_exactly_with_kernel_receive_timestamps(
         except TimeoutError:
             pass
     assert sorted(answered) == sorted(good)
+
+
+def test_spread_gives_each_worker_its_own_reuseport_socket(
+    chronyd: Chronyd, start_responder: StartResponder
+) -> None:
+    port = free_udp_port()
+    responder = start_responder(
+        "--listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{port}",
+        "--backend", f"127.0.0.1:{chronyd.port}", "--workers", "2",
+        "--worker-sockets", "spread",
+    )
+    responder.wait_answering(("127.0.0.1", port))
+    for source_port in range(40):  # different source ports hash to both sockets
+        assert query(("127.0.0.1", port), ntp_request()) is not None, source_port
+    assert responder.stop() == 0
