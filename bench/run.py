@@ -433,6 +433,15 @@ class Sweep:
     half: Step | None = None
     gen_bound: bool = False
 
+    @property
+    def other_cores(self) -> float:
+        """Median CPU (cores) that other processes used during this sweep's steps."""
+        return statistics.median(st.other_cores for st in self.steps) if self.steps else 0.0
+
+    @property
+    def quiet(self) -> bool:
+        return self.other_cores < NOISE_CORES
+
 
 def rate_grid(cfg: Config) -> list[int]:
     rates, rate = [], float(cfg.start_rate)
@@ -612,6 +621,20 @@ def summarize(cfg: Config, servers: list[Server], sweeps: list[Sweep]) -> dict[s
             "label": srv.label,
             "max_replies_per_s": med([b.reply_rate for b in bests]),
             "max_replies_per_s_each": [round(b.reply_rate) for b in bests],
+            "per_sweep": [
+                {
+                    "rep": s.rep + 1,
+                    "max_replies_per_s": round(s.best.reply_rate) if s.best else None,
+                    "replies_per_cpu_s": round(s.best.per_cpu_s) if s.best else None,
+                    "p99_us_at_half_max": s.half.p99_us if s.half else None,
+                    "other_cores": round(s.other_cores, 2),
+                    "quiet": s.quiet,
+                }
+                for s in mine
+            ],
+            "quiet_sweeps": sum(1 for s in mine if s.quiet),
+            "quiet_max_replies_per_s": med([s.best.reply_rate for s in mine if s.quiet and s.best]),
+            "quiet_replies_per_cpu_s": med([s.best.per_cpu_s for s in mine if s.quiet and s.best]),
             "replies_per_cpu_s": med([b.per_cpu_s for b in bests]),
             "server_cpu_share_at_max": med([b.server_cpu_s / b.wall_s for b in bests]),
             "gen_cpu_share_at_max": med([b.gen_cpu_s / b.wall_s for b in bests]),
@@ -704,7 +727,9 @@ def machine_info() -> dict[str, Any]:
         out = subprocess.run(
             [chronyd, "-v"], check=False, capture_output=True, text=True, timeout=5
         )
-        info["chronyd"] = out.stdout.strip().split(" (")[0]
+        words = out.stdout.split()
+        if "version" in words:  # "chronyd (chrony) version 4.3 (+CMDMON ...)"
+            info["chronyd"] = words[words.index("version") + 1]
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -750,6 +775,27 @@ def report(
             f"{fmt_ratio(r['max_replies_per_s'])} / {fmt_ratio(r['replies_per_cpu_s'])} / "
             f"{fmt_ratio(r['p99_us_at_half_max'])}"
         )
+    lines.append("")
+    lines.append(
+        "per sweep (rep: max/s, per CPU-s, p99 at half max, other processes' load in cores):"
+    )
+    for entry in summary.values():
+        parts = [
+            f"{p['rep']}: {fmt_rate(p['max_replies_per_s'])} {fmt_rate(p['replies_per_cpu_s'])} "
+            f"{fmt_ms(p['p99_us_at_half_max'])} other {p['other_cores']:.2f}"
+            for p in entry["per_sweep"]
+        ]
+        lines.append(f"  {entry['label']:16s} " + " | ".join(parts))
+    quiet = [
+        f"{e['label']} {fmt_rate(e['quiet_max_replies_per_s'])}/s, "
+        f"{fmt_rate(e['quiet_replies_per_cpu_s'])} per CPU-s ({e['quiet_sweeps']} sweep(s))"
+        for e in summary.values()
+        if e["quiet_sweeps"]
+    ]
+    lines.append(
+        f"quiet sweeps only (other load < {NOISE_CORES} cores), medians: "
+        + ("; ".join(quiet) if quiet else "none")
+    )
     lines.append("")
     gen_shares = [e["gen_cpu_share_at_max"] for e in summary.values() if e["gen_cpu_share_at_max"]]
     srv_shares = [
@@ -862,11 +908,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
     }
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(text)
     print(
         f"\nbench: {elapsed:.0f} s; wrote {cfg.out / 'results.json'}"
         + (f" and {chart}" if charted else " (no chart: matplotlib missing)")
     )
+    print(text)
     return 0
 
 
