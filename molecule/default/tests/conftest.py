@@ -1,10 +1,12 @@
-"""Helpers shared by the molecule tests: the container's name, docker exec, ansible-playbook runs."""
+"""Helpers for the molecule tests: the container's name, docker exec, ansible-playbook runs."""
 
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import ntplib  # the real client library; copied into the container (one module)
 import pytest
 
 SCENARIO = Path(__file__).resolve().parents[1]
@@ -21,7 +23,9 @@ def container(host) -> str:
 def dexec(container):
     """Run a command in the container with docker exec (fast, and independent of testinfra)."""
 
-    def run(*argv: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        *argv: str, timeout: float = 60, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["docker", "exec", container, *argv],
             capture_output=True,
@@ -42,15 +46,26 @@ def playbook(container, tmp_path_factory):
         f"        {container}:\n          ansible_connection: community.docker.docker\n"
     )
     shutil.copytree(SCENARIO / "inventory" / "group_vars", inv / "group_vars")
-    ansible = shutil.which("ansible-playbook") or str(Path(os.sys.executable).parent / "ansible-playbook")
+    ansible = shutil.which("ansible-playbook") or str(
+        Path(sys.executable).parent / "ansible-playbook"
+    )
 
     def run(path: str, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, ANSIBLE_PIPELINING="true", ANSIBLE_NOCOLOR="1",
-                   ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+        env = dict(
+            os.environ,
+            ANSIBLE_PIPELINING="true",
+            ANSIBLE_NOCOLOR="1",
+            ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        )
         env.pop("ANSIBLE_INVENTORY", None)
         return subprocess.run(
             [ansible, "-i", str(inv), str(REPO / path), *extra],
-            capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+            env=env,
+            check=False,
         )
 
     return run
@@ -59,8 +74,7 @@ def playbook(container, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tools_in_container(container) -> None:
     """Copy the load client and ntplib (a single pure-Python module) into the container."""
-    import ntplib  # the real client library, as in the project's own tests
-
     subprocess.run(["docker", "exec", container, "mkdir", "-p", "/tmp/pyr-test"], check=True)
     for src in (SCENARIO / "files" / "ntp_stream.py", Path(ntplib.__file__)):
-        subprocess.run(["docker", "cp", str(src), f"{container}:/tmp/pyr-test/{src.name}"], check=True)
+        dest = f"{container}:/tmp/pyr-test/{src.name}"
+        subprocess.run(["docker", "cp", str(src), dest], check=True)

@@ -68,8 +68,8 @@ def test_responder_is_unprivileged_and_sandboxed(host):
     assert props["PrivateTmp"] == "yes"
     assert props["CapabilityBoundingSet"] == ""
     main_pid = host.check_output(f"systemctl show -p MainPID --value pyresponder@{active}")
-    cap_eff = [ln for ln in host.file(f"/proc/{main_pid}/status").content_string.splitlines()
-               if ln.startswith("CapEff:")][0]
+    status = host.file(f"/proc/{main_pid}/status").content_string.splitlines()
+    cap_eff = next(ln for ln in status if ln.startswith("CapEff:"))
     assert int(cap_eff.split()[1], 16) == 0
 
 

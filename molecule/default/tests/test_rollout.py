@@ -14,19 +14,23 @@ def _active(dexec) -> str:
 
 
 def _running(dexec, colour: str) -> bool:
-    return dexec("systemctl", "is-active", f"pyresponder@{colour}", check=False).stdout.strip() == "active"
+    r = dexec("systemctl", "is-active", f"pyresponder@{colour}", check=False)
+    return r.stdout.strip() == "active"
 
 
 def _probe_123(dexec) -> dict:
-    r = dexec("/opt/pyresponder/colours/blue/bin/pyresponder", "probe", "127.0.0.1:123", "--json", check=False)
+    probe = "/opt/pyresponder/colours/blue/bin/pyresponder"
+    r = dexec(probe, "probe", "127.0.0.1:123", "--json", check=False)
     return json.loads(r.stdout)
 
 
+@pytest.mark.timeout(400)
 def test_two_swaps_under_load_lose_nothing(dexec, playbook, tools_in_container):
     first = _active(dexec)
     dexec("rm", "-f", "/tmp/pyr-test/started", "/tmp/pyr-test/stop", "/tmp/pyr-test/stream.json")
     dexec(
-        "sh", "-c",
+        "sh",
+        "-c",
         "nohup python3 /tmp/pyr-test/ntp_stream.py --host 127.0.0.1 --port 123"
         f" --rate {RATE} --max-seconds {MAX_SECONDS} --started-file /tmp/pyr-test/started"
         " --stop-file /tmp/pyr-test/stop --out /tmp/pyr-test/stream.json"
@@ -68,11 +72,15 @@ def test_two_swaps_under_load_lose_nothing(dexec, playbook, tools_in_container):
     "case, extra",
     [
         # Starts, but its backend never answers: READY after 2 s, replies unsynchronized.
-        ("unsynchronized", ["-e", "ntp_frontend_backend=127.0.0.1:9", "-e", "ntp_frontend_ready_timeout=2"]),
+        (
+            "unsynchronized",
+            ["-e", "ntp_frontend_backend=127.0.0.1:9", "-e", "ntp_frontend_ready_timeout=2"],
+        ),
         # Cannot start at all: its extra --listen is chronyd's port, already taken.
         ("cannot start", ["-e", '{"ntp_frontend_extra_args": ["--listen", "127.0.0.1:11123"]}']),
     ],
 )
+@pytest.mark.timeout(300)
 def test_failed_release_keeps_old_colour(dexec, playbook, case, extra):
     before = _active(dexec)
     r = playbook("site.yml", *extra)

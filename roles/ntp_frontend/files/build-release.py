@@ -8,6 +8,7 @@ usage: build-release.py SOURCE_DIR BUILD_DIR [PREBUILT_WHEEL]
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -47,13 +48,9 @@ def main() -> int:
     if not wheels:
         dest.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest)]
-        try:  # build offline with this Python's setuptools when it has one
-            import setuptools  # noqa: F401
-            import wheel  # noqa: F401
-
+        # Build offline with this Python's setuptools and wheel when it has them.
+        if importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel"):
             cmd.append("--no-build-isolation")
-        except ImportError:
-            pass
         env = dict(os.environ, SOURCE_DATE_EPOCH="315532800", PIP_DISABLE_PIP_VERSION_CHECK="1")
         subprocess.run([*cmd, str(src)], check=True, env=env, stdout=sys.stderr)
         wheels = sorted(dest.glob("pyresponder-*.whl"))
