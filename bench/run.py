@@ -68,6 +68,7 @@ class Config:
     pyresponder_args: tuple[str, ...]
     out: Path
     quick: bool
+    replot: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -87,6 +88,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         "--pyresponder-args",
         default="",
         help='extra arguments for "pyresponder serve", e.g. "--io plain"',
+    )
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="only redraw the chart (into --out) from an earlier run's results.json",
     )
     parser.add_argument("--start-rate", type=int, help="first offered rate, requests/s")
     parser.add_argument("--max-rate", type=int, default=600_000, help="highest offered rate")
@@ -134,6 +141,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         pyresponder_args=tuple(shlex.split(args.pyresponder_args)),
         out=args.out,
         quick=quick,
+        replot=args.replot,
     )
 
 
@@ -656,8 +664,17 @@ def summarize(cfg: Config, servers: list[Server], sweeps: list[Sweep]) -> dict[s
     return summary
 
 
-def chart_points(sweeps: list[Sweep], key: str) -> list[tuple[int, float, float, float]]:
-    """Per grid rate, medians over the reps: (offered, send rate, on-time replies/s, replies/s)."""
+@dataclass
+class ChartPoint:
+    """Medians over the repetitions at one grid rate."""
+
+    offered: float  # achieved send rate
+    ontime: float  # replies/s within the late limit
+    replies: float  # all matched replies/s
+    failed: float  # fraction of requests lost or late
+
+
+def chart_points(sweeps: list[Sweep], key: str) -> list[ChartPoint]:
     by_rate: dict[int, list[Step]] = {}
     for sw in sweeps:
         if sw.server != key:
@@ -666,17 +683,18 @@ def chart_points(sweeps: list[Sweep], key: str) -> list[tuple[int, float, float,
             if st.kind == "grid":
                 by_rate.setdefault(st.target, []).append(st)
     return [
-        (
-            rate,
-            statistics.median(s.send_rate for s in steps),
-            statistics.median(s.ontime_rate for s in steps),
-            statistics.median(s.reply_rate for s in steps),
+        ChartPoint(
+            offered=statistics.median(s.send_rate for s in steps),
+            ontime=statistics.median(s.ontime_rate for s in steps),
+            replies=statistics.median(s.reply_rate for s in steps),
+            failed=statistics.median(s.loss_or_late for s in steps),
         )
-        for rate, steps in sorted(by_rate.items())
+        for _, steps in sorted(by_rate.items())
     ]
 
 
 def write_chart(path: Path, servers: list[Server], sweeps: list[Sweep], title: str) -> bool:
+    """Left: replies/s against offered load. Right: the share lost or late, on a log scale."""
     try:
         import matplotlib  # noqa: PLC0415 (optional: the bench extra)
 
@@ -684,27 +702,44 @@ def write_chart(path: Path, servers: list[Server], sweeps: list[Sweep], title: s
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    fig, (ax, ax_fail) = plt.subplots(1, 2, figsize=(12, 5), dpi=90)
     top = 0.0
+    floor = 1e-4  # 0.01%: where "nothing lost" is drawn on the log scale
     for srv in servers:
         pts = chart_points(sweeps, srv.key)
         if not pts:
             continue
-        xs = [p[1] / 1000 for p in pts]
-        ys = [p[2] / 1000 for p in pts]
-        all_ys = [p[3] / 1000 for p in pts]
-        top = max(top, *xs, *all_ys)
-        (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=srv.label)
-        ax.plot(xs, all_ys, linestyle="--", linewidth=1, color=line.get_color(), alpha=0.5)
+        xs = [p.offered / 1000 for p in pts]
+        top = max(top, *xs, *(p.replies / 1000 for p in pts))
+        (line,) = ax.plot(xs, [p.ontime / 1000 for p in pts], marker="o", markersize=3)
+        line.set_label(srv.label)
+        color = line.get_color()
+        ax.plot(xs, [p.replies / 1000 for p in pts], "--", linewidth=1, color=color, alpha=0.5)
+        ax_fail.plot(
+            xs,
+            [max(p.failed, floor) * 100 for p in pts],
+            marker="o",
+            markersize=3,
+            color=color,
+            label=srv.label,
+        )
     ax.plot([0, top], [0, top], linestyle=":", color="grey", label="replies = offered")
     ax.plot([], [], linestyle="--", color="grey", alpha=0.5, label="dashed: all replies, late too")
-    ax.set_xlabel("offered load (requests/s, thousands; medians of achieved send rate)")
+    ax.set_xlabel("offered load (thousand requests/s, achieved)")
     ax.set_ylabel("replies/s within the late limit (thousands)")
     ax.set_ylim(bottom=0)
     ax.set_xlim(left=0)
-    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
+    ax_fail.axhline(LOSS_LIMIT * 100, color="red", linestyle=":", label="1% limit")
+    ax_fail.set_yscale("log")
+    ax_fail.set_ylim(floor * 100 / 2, 100)
+    ax_fail.set_xlim(left=0)
+    ax_fail.set_xlabel("offered load (thousand requests/s, achieved)")
+    ax_fail.set_ylabel("requests lost or late, % (0 drawn at 0.01%)")
+    ax_fail.grid(True, alpha=0.3, which="both")
+    ax_fail.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -849,8 +884,36 @@ def report(
     return "\n".join(lines)
 
 
+def chart_title(cores: int | None, reps: int, duration: float, late_ms: int) -> str:
+    return (
+        f"NTP replies vs offered load on loopback, {cores} cores shared with the generator "
+        f"(medians of {reps} rep(s), {duration:g} s steps; solid: replies within {late_ms} ms)"
+    )
+
+
+def replot(results_path: Path, out: Path) -> int:
+    """Redraw the chart from a results.json written by an earlier run."""
+    data: dict[str, Any] = json.loads(results_path.read_text())
+    servers = [Server(key, entry["label"], 0, 0) for key, entry in data["summary"].items()]
+    sweeps = []
+    for sw in data["sweeps"]:
+        sweep_ = Sweep(sw["server"], sw["rep"], steps=[Step(**st) for st in sw["steps"]])
+        sweeps.append(sweep_)
+    c = data["config"]
+    chart = out / "replies_vs_offered.png"
+    title = chart_title(data["machine"].get("cores"), c["reps"], c["duration"], c["late_ms"])
+    if not write_chart(chart, servers, sweeps, title):
+        print("bench: matplotlib is missing", file=sys.stderr)
+        return 1
+    print(f"bench: wrote {chart}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
+    if cfg.replot is not None:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        return replot(cfg.replot, cfg.out)
     PATIENCE.remaining = cfg.patience
     cfg.out.mkdir(parents=True, exist_ok=True)
     binary = build_ntpload(cfg.out)
@@ -881,11 +944,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(cfg, servers, sweeps)
     text = report(cfg, summary, notes, gen_check)
     chart = cfg.out / "replies_vs_offered.png"
-    title = (
-        f"NTP replies vs offered load on loopback, {os.cpu_count()} cores shared with the "
-        f"generator\n(medians of {cfg.reps} rep(s), {cfg.duration:g} s steps; solid: replies "
-        f"within {cfg.late_ms} ms)"
-    )
+    title = chart_title(os.cpu_count(), cfg.reps, cfg.duration, cfg.late_ms)
     charted = write_chart(chart, servers, sweeps, title)
     results = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
