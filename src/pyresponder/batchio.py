@@ -27,7 +27,7 @@ import struct
 import time
 from typing import Final
 
-from . import wire
+from . import uniform, wire
 from .ratelimit import DROP, KISS_OF_DEATH, RateLimiter, ipv6_key
 from .shared import ANSWERED, DROP_BASE, KOD_SENT, RATE_LIMITED, RECEIVED, SEND_ERRORS
 from .sockets import IP_PKTINFO, IPV6_PKTINFO, SCM_TIMESTAMPNS, Listener
@@ -55,7 +55,10 @@ class _MMsgHdr(ctypes.Structure):
 
 MMSG_SIZE: Final = ctypes.sizeof(_MMsgHdr)
 IOVEC_SIZE: Final = ctypes.sizeof(_IoVec)
-_CONTROLLEN_AT: Final = _MsgHdr.controllen.offset
+CONTROLLEN_AT: Final = _MsgHdr.controllen.offset
+FLAGS_AT: Final = _MsgHdr.flags.offset
+LEN_AT: Final = _MMsgHdr.len.offset
+_CONTROLLEN_AT: Final = CONTROLLEN_AT
 _NAME_AT: Final = _MsgHdr.name.offset
 # (msg_controllen, msg_flags, msg_len) in one unpack: the three things the kernel reports.
 _RESULT: Final = struct.Struct(
@@ -192,6 +195,8 @@ class BatchSocket:
                                  self.pktinfo_level, self.pktinfo_type)
         self.rx_pristine = bytes(self.rx_headers)
         self.tx_pristine = bytes(self.tx_headers)
+        self.layout = uniform.Layout(self)
+        self._tail_arguments: dict[int, list[object]] = {}
 
     def _pin(self, buffer: bytearray) -> int:
         address, view = _address(buffer)
@@ -201,6 +206,7 @@ class BatchSocket:
     def set_header(self, header: bytes) -> None:
         """Write the server's 24-byte header into every reply slot (on backend state changes)."""
         self.header = header
+        self._tail_arguments.clear()
         for offset in range(0, len(self.replies), wire.PACKET_LEN):
             self.replies[offset : offset + 24] = header
 
@@ -216,7 +222,21 @@ class BatchSocket:
             if count < self.batch:
                 return
 
+    def tail_arguments(self, count: int) -> list[object]:
+        """The uniform path's argument list for ``count`` replies, headers filled in."""
+        arguments = self._tail_arguments.get(count)
+        if arguments is None:
+            arguments = self.layout.tail_arguments(count, self.header)
+            self._tail_arguments[count] = arguments
+        return arguments
+
+    def sendmmsg(self, count: int) -> int:
+        sent: int = _sendmmsg(self.fd, self.tx_headers_at, count, 0)
+        return sent
+
     def _answer(self, count: int, counters: list[int], leap_bits: int) -> None:
+        if uniform.answer(self, self.layout, count, counters, leap_bits):
+            return
         rx_headers, requests, rx_control = self.rx_headers, self.requests, self.rx_control
         replies, tx_control, tx_headers = self.replies, self.tx_control, self.tx_headers
         wildcard, send_batch, dst_len = self.wildcard, self.send_batch, self.dst_len

@@ -83,10 +83,11 @@ def prepare(sock: socket.socket, receive_buffer: int) -> Listener:
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     host, port = sock.getsockname()[:2]
     wildcard = host in ("0.0.0.0", "::")
+    # The destination address only matters where it is not the socket's own.
     if sock.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, int(wildcard))
     else:
-        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, int(wildcard))
     if receive_buffer:
         _grow_receive_buffer(sock, receive_buffer)
     name = f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"

@@ -36,7 +36,7 @@ def live(request: pytest.FixtureRequest, chronyd: Chronyd) -> Iterator[tuple[Res
         "--workers", "2", "--io", request.param,
     ]).start()
     responder.wait_answering(("127.0.0.1", port))
-    workers = responder.workers()
+    workers = responder.wait_workers(2)
     yield responder, port
     # After everything the fuzzer threw: the same workers, still answering, no traceback.
     assert responder.workers() == workers

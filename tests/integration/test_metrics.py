@@ -72,7 +72,7 @@ def test_counters_backend_state_and_workers(chronyd: Chronyd,
     assert value(samples, "pyresponder_workers") == 2
     assert value(samples, "pyresponder_workers_configured") == 2
 
-    os.kill(responder.workers()[0], signal.SIGKILL)
+    os.kill(responder.wait_workers(2)[0], signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         samples = scrape(metrics_port)
@@ -91,7 +91,7 @@ def test_kernel_receive_buffer_drops_are_counted(chronyd: Chronyd,
         "--workers", "1", "--receive-buffer", "0", "--metrics", f"127.0.0.1:{metrics_port}",
     )
     responder.wait_answering(("127.0.0.1", port))
-    worker = responder.workers()[0]
+    worker = responder.wait_workers(1)[0]
     os.kill(worker, signal.SIGSTOP)  # nobody reads: the default buffer fills and overflows
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

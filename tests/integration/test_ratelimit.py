@@ -68,7 +68,7 @@ def test_spoofed_flood_from_many_addresses_does_not_hurt_real_clients(
         "--workers", "1", "--rate-limit", "--rate-limit-slots", "256",
     )
     responder.wait_answering(("127.0.0.1", port))
-    rss_before = _rss_kib(responder.workers()[0])
+    rss_before = _rss_kib(responder.wait_workers(1)[0])
     for n in range(3000):  # 3000 source addresses in 127/8, far more than the 256 slots
         source = f"127.{1 + n // 65536}.{(n // 256) % 256}.{n % 256 or 1}"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

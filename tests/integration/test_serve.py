@@ -154,7 +154,7 @@ def test_garbage_never_kills_a_worker(chronyd: Chronyd, start_responder: StartRe
                                       port: int, io: str) -> None:
     responder = start_responder(*serve_args(port, chronyd.port, "--workers", "2", "--io", io))
     responder.wait_answering(("127.0.0.1", port))
-    workers = responder.workers()
+    workers = responder.wait_workers(2)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for size in range(0, 1500, 7):
             sock.sendto(os.urandom(size), ("127.0.0.1", port))
@@ -212,8 +212,7 @@ def test_killed_worker_comes_back(chronyd: Chronyd, start_responder: StartRespon
                                   port: int) -> None:
     responder = start_responder(*serve_args(port, chronyd.port, "--workers", "2"))
     responder.wait_answering(("127.0.0.1", port))
-    before = responder.workers()
-    assert len(before) == 2
+    before = responder.wait_workers(2)
     os.kill(before[0], signal.SIGKILL)
     wait_for(
         lambda: len(responder.workers()) == 2 and before[0] not in responder.workers(),
@@ -404,14 +403,16 @@ def _stream_during(
 
 @IO_MODES
 @pytest.mark.parametrize("listen", ["127.0.0.1", "0.0.0.0", "[::]"])
+@pytest.mark.parametrize("mixed", [True, False], ids=["mixed", "uniform"])
 def test_queued_burst_is_answered_exactly_with_kernel_receive_timestamps(
-    chronyd: Chronyd, start_responder: StartResponder, listen: str, io: str
+    chronyd: Chronyd, start_responder: StartResponder, listen: str, io: str, mixed: bool
 ) -> None:
     """Stop the workers, queue a burst of good and bad requests, let them go: one batch path.
 
     Every good request gets exactly one reply, from the address it was sent to, whose receive
     timestamp is from when the kernel queued it (before the workers resumed), not when a worker
-    read it. Bad requests in between get nothing.
+    read it. Bad requests in between get nothing. A burst of good requests only takes the
+    uniform-batch path, a mixed one the per-packet path.
     """
     port = free_udp_port("0.0.0.0")
     responder = start_responder(
@@ -420,19 +421,21 @@ def test_queued_burst_is_answered_exactly_with_kernel_receive_timestamps(
     )
     responder.wait_answering(("127.0.0.1", port))
     target = "127.0.0.1" if listen == "127.0.0.1" else "127.0.0.2"
-    workers = responder.workers()
+    workers = responder.wait_workers(2)
     good: set[bytes] = set()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.settimeout(2)
         for pid in workers:
             os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda: all(_process_state(pid) == "T" for pid in workers), 5,
+                 "the workers to stop")  # SIGSTOP takes effect asynchronously
         try:
             for n in range(150):
                 transmit = struct.pack("!Q", n + 1)
-                if n % 4 == 3:
+                if mixed and n % 4 == 3:
                     sock.sendto(ntp_request(mode=6, transmit=transmit), (target, port))
-                elif n % 7 == 5:
+                elif mixed and n % 7 == 5:
                     sock.sendto(ntp_request(transmit=transmit)[:44], (target, port))
                 else:
                     good.add(transmit)
@@ -456,6 +459,11 @@ def test_queued_burst_is_answered_exactly_with_kernel_receive_timestamps(
         except TimeoutError:
             pass
     assert sorted(answered) == sorted(good)
+
+
+def _process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
 
 
 def test_spread_gives_each_worker_its_own_reuseport_socket(

@@ -96,6 +96,15 @@ class Responder:
         """PIDs of the worker processes (the supervisor's children named pyresponder-wN)."""
         return [pid for pid, name in self.children() if name.startswith("pyresponder-w")]
 
+    def wait_workers(self, count: int, timeout: float = 10.0) -> list[int]:
+        """The worker PIDs once ``count`` of them run (a fresh worker names itself first)."""
+        deadline = time.monotonic() + timeout
+        while len(workers := self.workers()) != count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(workers)} workers, not {count}:\n{self.log()}")
+            time.sleep(0.02)
+        return workers
+
     def children(self) -> list[tuple[int, str]]:
         """(pid, process name) of every child of the supervisor."""
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
