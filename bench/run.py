@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class Config:
     out: Path
     quick: bool
     replot: Path | None = None
+    combine: tuple[Path, ...] = ()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -94,6 +95,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         type=Path,
         metavar="RESULTS_JSON",
         help="only redraw the chart (into --out) from an earlier run's results.json",
+    )
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="only report: pool the sweeps of earlier runs' results.json files, medians over all",
     )
     parser.add_argument("--start-rate", type=int, help="first offered rate, requests/s")
     parser.add_argument("--max-rate", type=int, default=600_000, help="highest offered rate")
@@ -142,6 +150,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         out=args.out,
         quick=quick,
         replot=args.replot,
+        combine=tuple(args.combine or ()),
     )
 
 
@@ -891,14 +900,45 @@ def chart_title(cores: int | None, reps: int, duration: float, late_ms: int) -> 
     )
 
 
-def replot(results_path: Path, out: Path) -> int:
-    """Redraw the chart from a results.json written by an earlier run."""
-    data: dict[str, Any] = json.loads(results_path.read_text())
-    servers = [Server(key, entry["label"], 0, 0) for key, entry in data["summary"].items()]
+def load_results(path: Path, rep_offset: int = 0) -> tuple[dict[str, Any], list[Sweep]]:
+    """An earlier run's results.json, with its sweeps rebuilt (best and half steps included)."""
+    data: dict[str, Any] = json.loads(path.read_text())
     sweeps = []
     for sw in data["sweeps"]:
-        sweep_ = Sweep(sw["server"], sw["rep"], steps=[Step(**st) for st in sw["steps"]])
+        steps = [Step(**st) for st in sw["steps"]]
+        sweep_ = Sweep(sw["server"], sw["rep"] + rep_offset, steps=steps)
+        sweep_.gen_bound = sw["gen_bound"]
+        sweep_.best = Step(**sw["best"]) if sw["best"] else None
+        sweep_.half = Step(**sw["half"]) if sw["half"] else None
         sweeps.append(sweep_)
+    return data, sweeps
+
+
+def combine(cfg: Config) -> int:
+    """Report the medians over all sweeps of several earlier runs."""
+    all_sweeps: list[Sweep] = []
+    labels: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    for path in cfg.combine:
+        data, sweeps = load_results(
+            path, rep_offset=1 + max((s.rep for s in all_sweeps), default=-1)
+        )
+        all_sweeps.extend(sweeps)
+        labels.update({k: v["label"] for k, v in data["summary"].items()})
+    servers = [Server(key, label, 0, 0) for key, label in labels.items()]
+    c = data["config"]
+    per_server = max((sum(1 for s in all_sweeps if s.server == k) for k in labels), default=0)
+    pooled = replace(cfg, reps=per_server, duration=c["duration"], late_ms=c["late_ms"])
+    summary = summarize(pooled, servers, all_sweeps)
+    notes = [f"pooled from {len(cfg.combine)} runs: " + ", ".join(str(p) for p in cfg.combine)]
+    print(report(pooled, summary, notes, data["generator_check"]))
+    return 0
+
+
+def replot(results_path: Path, out: Path) -> int:
+    """Redraw the chart from a results.json written by an earlier run."""
+    data, sweeps = load_results(results_path)
+    servers = [Server(key, entry["label"], 0, 0) for key, entry in data["summary"].items()]
     c = data["config"]
     chart = out / "replies_vs_offered.png"
     title = chart_title(data["machine"].get("cores"), c["reps"], c["duration"], c["late_ms"])
@@ -914,6 +954,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.replot is not None:
         cfg.out.mkdir(parents=True, exist_ok=True)
         return replot(cfg.replot, cfg.out)
+    if cfg.combine:
+        return combine(cfg)
     PATIENCE.remaining = cfg.patience
     cfg.out.mkdir(parents=True, exist_ok=True)
     binary = build_ntpload(cfg.out)
