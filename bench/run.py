@@ -681,10 +681,12 @@ class ChartPoint:
     ontime: float  # replies/s within the late limit
     replies: float  # all matched replies/s
     failed: float  # fraction of requests lost or late
+    few: bool  # fewer than half of the sweeps got this far (the quieter ones, mostly)
 
 
 def chart_points(sweeps: list[Sweep], key: str) -> list[ChartPoint]:
     by_rate: dict[int, list[Step]] = {}
+    total = sum(1 for sw in sweeps if sw.server == key)
     for sw in sweeps:
         if sw.server != key:
             continue
@@ -697,6 +699,7 @@ def chart_points(sweeps: list[Sweep], key: str) -> list[ChartPoint]:
             ontime=statistics.median(s.ontime_rate for s in steps),
             replies=statistics.median(s.reply_rate for s in steps),
             failed=statistics.median(s.loss_or_late for s in steps),
+            few=2 * len(steps) < total,
         )
         for _, steps in sorted(by_rate.items())
     ]
@@ -724,16 +727,15 @@ def write_chart(path: Path, servers: list[Server], sweeps: list[Sweep], title: s
         line.set_label(srv.label)
         color = line.get_color()
         ax.plot(xs, [p.replies / 1000 for p in pts], "--", linewidth=1, color=color, alpha=0.5)
-        ax_fail.plot(
-            xs,
-            [max(p.failed, floor) * 100 for p in pts],
-            marker="o",
-            markersize=3,
-            color=color,
-            label=srv.label,
-        )
+        fails = [max(p.failed, floor) * 100 for p in pts]
+        ax_fail.plot(xs, fails, marker="o", markersize=3, color=color, label=srv.label)
+        for p, x, f in zip(pts, xs, fails, strict=True):
+            if p.few:  # hollow: medians of fewer than half of the sweeps
+                ax.plot([x], [p.ontime / 1000], "o", markersize=7, mfc="white", color=color)
+                ax_fail.plot([x], [f], "o", markersize=7, mfc="white", color=color)
     ax.plot([0, top], [0, top], linestyle=":", color="grey", label="replies = offered")
     ax.plot([], [], linestyle="--", color="grey", alpha=0.5, label="dashed: all replies, late too")
+    ax.plot([], [], "o", mfc="white", color="grey", label="hollow: < half the sweeps got there")
     ax.set_xlabel("offered load (thousand requests/s, achieved)")
     ax.set_ylabel("replies/s within the late limit (thousands)")
     ax.set_ylim(bottom=0)
@@ -931,6 +933,11 @@ def combine(cfg: Config) -> int:
     pooled = replace(cfg, reps=per_server, duration=c["duration"], late_ms=c["late_ms"])
     summary = summarize(pooled, servers, all_sweeps)
     notes = [f"pooled from {len(cfg.combine)} runs: " + ", ".join(str(p) for p in cfg.combine)]
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    chart = cfg.out / "combined_replies_vs_offered.png"
+    title = chart_title(data["machine"].get("cores"), per_server, c["duration"], c["late_ms"])
+    if write_chart(chart, servers, all_sweeps, title.replace("rep(s)", "sweeps pooled")):
+        print(f"bench: wrote {chart}")
     print(report(pooled, summary, notes, data["generator_check"]))
     return 0
 
