@@ -181,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         "fresher (default 16)",
     )
     serve.add_argument(
+        "--timestamps",
+        choices=("kernel", "user"),
+        default="kernel",
+        help="receive timestamps from the kernel (SO_TIMESTAMPNS, default) or read when a "
+        "worker gets to the packet (later under load: for measurements only)",
+    )
+    serve.add_argument(
         "--worker-sockets",
         choices=("shared", "spread"),
         default="shared",
@@ -282,6 +289,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             kod=args.rate_limit_kod,
             slots=max(args.rate_limit_slots, 1),
         ) if args.rate_limit else None,
+        kernel_timestamps=args.timestamps == "kernel",
         worker_sockets=args.worker_sockets,
         control=args.control,
         takeover=args.takeover,

@@ -77,10 +77,10 @@ def bind_endpoint(endpoint: Endpoint) -> socket.socket:
     return sock
 
 
-def prepare(sock: socket.socket, receive_buffer: int) -> Listener:
+def prepare(sock: socket.socket, receive_buffer: int, kernel_timestamps: bool = True) -> Listener:
     """Switch on what the worker loop relies on and describe the socket."""
     sock.setblocking(False)  # the socket is shared by every worker (and both colours)
-    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, int(kernel_timestamps))
     host, port = sock.getsockname()[:2]
     wildcard = host in ("0.0.0.0", "::")
     # The destination address only matters where it is not the socket's own.
@@ -115,15 +115,18 @@ def _grow_receive_buffer(sock: socket.socket, size: int) -> None:
 
 
 def open_listeners(
-    inherited: Iterable[socket.socket], endpoints: Iterable[Endpoint], receive_buffer: int
+    inherited: Iterable[socket.socket],
+    endpoints: Iterable[Endpoint],
+    receive_buffer: int,
+    kernel_timestamps: bool = True,
 ) -> list[Listener]:
     """Prepare inherited sockets and bind the extra endpoints; all or nothing."""
     listeners: list[Listener] = []
     try:
         for sock in inherited:
-            listeners.append(prepare(sock, receive_buffer))
+            listeners.append(prepare(sock, receive_buffer, kernel_timestamps))
         for endpoint in endpoints:
-            listeners.append(prepare(bind_endpoint(endpoint), receive_buffer))
+            listeners.append(prepare(bind_endpoint(endpoint), receive_buffer, kernel_timestamps))
     except OSError:
         for listener in listeners:
             listener.sock.close()

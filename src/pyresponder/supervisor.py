@@ -51,6 +51,7 @@ class ServeConfig:
     send_batch: int = 16
     metrics: Endpoint | None = None
     rate_limit: RateLimitPolicy | None = None
+    kernel_timestamps: bool = True
     worker_sockets: str = "shared"  # or "spread": worker i reads sockets i, i+N, ...
     control: str | None = None  # Unix socket path that hands our sockets to a successor
     takeover: str | None = None  # control socket of the instance to take the sockets from
@@ -98,7 +99,9 @@ class Supervisor:
         if self.config.takeover is not None:
             inherited += handoff.fetch_sockets(self.config.takeover)
         endpoints = self.config.listen
-        self.listeners = open_listeners(inherited, endpoints, self.config.receive_buffer)
+        self.listeners = open_listeners(
+            inherited, endpoints, self.config.receive_buffer, self.config.kernel_timestamps
+        )
         if not self.listeners:
             raise ValueError("nothing to listen on: no --listen and no sockets from systemd")
         self.shared = SharedState(self.config.workers, len(self.listeners))

@@ -479,3 +479,26 @@ def test_spread_gives_each_worker_its_own_reuseport_socket(
     for source_port in range(40):  # different source ports hash to both sockets
         assert query(("127.0.0.1", port), ntp_request()) is not None, source_port
     assert responder.stop() == 0
+
+
+def test_user_space_timestamps_are_later_than_kernel_ones(
+    chronyd: Chronyd, start_responder: StartResponder
+) -> None:
+    """With --timestamps user a queued request is stamped when a worker reads it, not before."""
+    port = free_udp_port()
+    responder = start_responder(
+        *serve_args(port, chronyd.port, "--workers", "1", "--timestamps", "user")
+    )
+    responder.wait_answering(("127.0.0.1", port))
+    worker = responder.wait_workers(1)[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        os.kill(worker, signal.SIGSTOP)
+        wait_for(lambda: _process_state(worker) == "T", 5, "the worker to stop")
+        sock.sendto(ntp_request(), ("127.0.0.1", port))
+        time.sleep(0.05)
+        resumed_ns = time.time_ns()
+        os.kill(worker, signal.SIGCONT)
+        data = sock.recv(512)
+    receive_ns = wire.unix_ns_from_ntp(struct.unpack("!Q", data[32:40])[0], resumed_ns)
+    assert receive_ns >= resumed_ns
