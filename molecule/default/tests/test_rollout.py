@@ -94,3 +94,16 @@ def test_failed_release_keeps_old_colour(dexec, playbook, case, extra):
     assert not _running(dexec, new)
     reply = _probe_123(dexec)
     assert reply["synchronized"] and reply["mode"] == 4, reply
+
+
+@pytest.mark.timeout(300)
+def test_broken_chrony_setting_leaves_chronyd_untouched(dexec, playbook):
+    pid = dexec("pidof", "-s", "chronyd").stdout.strip()
+    before = dexec("cat", "/etc/chrony/chrony.conf").stdout
+    r = playbook("site.yml", "-e", '{"chrony_backend_extra_config": ["no_such_directive 1"]}')
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "rejected by `chronyd -p`" in out, out[-3000:]
+    assert "Invalid directive" in out
+    assert dexec("cat", "/etc/chrony/chrony.conf").stdout == before
+    assert dexec("pidof", "-s", "chronyd").stdout.strip() == pid
