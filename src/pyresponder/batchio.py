@@ -339,14 +339,15 @@ class BatchSocket:
     def _send(self, count: int, counters: list[int]) -> None:
         """Stamp the transmit timestamps, then send ``count`` replies with one sendmmsg.
 
-        The kernel sends the messages of one call one after another, so reply k leaves about
-        k message-costs after the call starts: its timestamp is the time read just before the
+        The kernel sends the messages of one call one after another, so reply k (from 0) leaves
+        about k message-costs after the first: its timestamp is the time read just before the
         call plus k times the per-message cost measured on earlier calls (a moving average).
+        The first reply is stamped like chronyd stamps each of its replies, just before the send.
         """
         replies, pack, step = self.replies, _U64.pack_into, self.send_step_ns
         start_ns = time.time_ns()
         for k in range(count):
-            seconds, nanos = divmod(start_ns + (k + 1) * step, _NS)
+            seconds, nanos = divmod(start_ns + k * step, _NS)
             pack(replies, k * _PACKET_LEN + 40,
                  (((seconds + _EPOCH) & _MASK32) << 32) | ((nanos * _FRAC_MUL) >> _FRAC_SHIFT))
         sent = _sendmmsg(self.fd, self.tx_headers_at, count, 0)

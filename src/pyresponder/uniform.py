@@ -171,7 +171,7 @@ def answer(  # noqa: PLR0911 (each early return is one reason a batch is not uni
     # measured cost of one message (see batchio).
     step_ns = max(sock.send_step_ns, 1)
     start_ns = time.time_ns()
-    departures = range(start_ns + step_ns, start_ns + step_ns * (count + 1), step_ns)
+    departures = range(start_ns, start_ns + step_ns * count, step_ns)
     arguments[3::6] = list(map(and_, map(add, map(floordiv, departures, repeat(_NS)),
                                          repeat(_EPOCH)), repeat(_MASK32)))
     arguments[4::6] = list(map(rshift, map(mul, map(mod, departures, repeat(_NS)),
