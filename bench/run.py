@@ -427,7 +427,9 @@ def servers_running(cfg: Config, notes: list[str]) -> Iterator[tuple[list[Server
             try:
                 resp.wait_ready()
             except (RuntimeError, TimeoutError) as exc:
-                notes.append(f"{label}: skipped, it did not serve: {str(exc).splitlines()[0]}")
+                said = [line for line in str(exc).splitlines() if line.strip()]
+                why = said[0] + (f" ... {said[-1].strip()}" if len(said) > 1 else "")
+                notes.append(f"{label}: skipped, it did not serve: {why}")
                 resp.stop()
                 continue
             servers.append(Server(key, label, resp.port, resp.process.pid))
