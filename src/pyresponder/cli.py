@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         "synchronized backend reply (default 30)",
     )
     serve.add_argument(
+        "--require-sync",
+        action="store_true",
+        help="exit with status 1 instead of serving unsynchronized when --ready-timeout "
+        "passes (for rollouts: a new instance that cannot synchronize never answers clients)",
+    )
+    serve.add_argument(
         "--receive-buffer",
         type=_bytes,
         default=8 << 20,
@@ -290,6 +296,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             slots=max(args.rate_limit_slots, 1),
         ) if args.rate_limit else None,
         kernel_timestamps=args.timestamps == "kernel",
+        require_sync=args.require_sync,
         worker_sockets=args.worker_sockets,
         control=args.control,
         takeover=args.takeover,
@@ -326,7 +333,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _setup_logging()
     try:
         return Supervisor(config).run()
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError) as error:
         logging.getLogger("pyresponder").error("cannot serve: %s", error)
         return 1
 

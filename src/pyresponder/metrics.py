@@ -12,10 +12,12 @@ import contextlib
 import os
 import platform
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from . import __version__
 from .endpoints import Endpoint
@@ -170,14 +172,32 @@ class Collector:
                     "Seconds since the last valid backend reply", value=now - sample.received_at)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # no log line per scrape
+
+
 def serve(endpoint: Endpoint, collector: Collector) -> int:
-    """Run the HTTP endpoint until SIGTERM (the body of the metrics process)."""
-    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+    """Run the HTTP endpoint until SIGTERM (the body of the metrics process).
+
+    The listening socket has SO_REUSEPORT, as the NTP sockets are shared: while two instances
+    overlap (a colour swap or a takeover) both answer scrapes on the same port, each with its own
+    figures, and the survivor keeps the port without a gap.
+    """
+    from prometheus_client import CollectorRegistry, make_wsgi_app  # noqa: PLC0415
+    from prometheus_client.exposition import ThreadingWSGIServer  # noqa: PLC0415
+
+    class Server(ThreadingWSGIServer):
+        address_family = endpoint.family
+        allow_reuse_port = True
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)  # type: ignore[arg-type]
-    server, thread = start_http_server(endpoint.port, endpoint.host, registry)
+    server = make_server(endpoint.host, endpoint.port, make_wsgi_app(registry), Server,
+                         handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     parent = os.getppid()
     while os.getppid() == parent:
         if signal.sigtimedwait({signal.SIGTERM, signal.SIGINT}, 1.0) is not None:

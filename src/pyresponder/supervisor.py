@@ -52,6 +52,7 @@ class ServeConfig:
     metrics: Endpoint | None = None
     rate_limit: RateLimitPolicy | None = None
     kernel_timestamps: bool = True
+    require_sync: bool = False  # at --ready-timeout without sync: exit instead of serving
     worker_sockets: str = "shared"  # or "spread": worker i reads sockets i, i+N, ...
     control: str | None = None  # Unix socket path that hands our sockets to a successor
     takeover: str | None = None  # control socket of the instance to take the sockets from
@@ -105,8 +106,8 @@ class Supervisor:
         if not self.listeners:
             raise ValueError("nothing to listen on: no --listen and no sockets from systemd")
         self.shared = SharedState(self.config.workers, len(self.listeners))
-        if self.config.metrics is not None and not self.awaiting_takeover:
-            _check_tcp_bind(self.config.metrics)  # (a predecessor still holds it until it ends)
+        if self.config.metrics is not None:
+            _check_tcp_bind(self.config.metrics)
         control_path = self.config.control or self.config.takeover
         if control_path is not None:
             self.control = handoff.ControlServer(
@@ -167,21 +168,21 @@ class Supervisor:
                     self._poll_failed(error.message)
                 next_poll = max(next_poll + config.poll_interval, now)
             self._update_state(now)
-            if not self.ready and (
-                (self.state is not None and self.state.synchronized)
-                or now - started >= config.ready_timeout
-            ):
+            synchronized = self.state is not None and self.state.synchronized
+            if not self.ready and (synchronized or now - started >= config.ready_timeout):
+                if not synchronized and config.require_sync:
+                    reason = self.state.reason if self.state else "no state"
+                    raise RuntimeError(
+                        f"not synchronized within --ready-timeout {config.ready_timeout:g} s "
+                        f"({reason}); --require-sync: exiting without serving"
+                    )
                 self._become_ready()
             if self.signals.children:
                 self.signals.children = False
                 self._reap(now)
             if self.ready:
                 self._tend_workers(now)
-            metrics_due = (
-                not self.metrics_pid
-                and now >= self.metrics_restart_at
-                and not self.awaiting_takeover
-            )
+            metrics_due = not self.metrics_pid and now >= self.metrics_restart_at
             if config.metrics is not None and metrics_due:
                 self._spawn_metrics(config.metrics)
             interval = self.notifier.watchdog_interval
@@ -418,9 +419,14 @@ class Supervisor:
 
 
 def _check_tcp_bind(endpoint: Endpoint) -> None:
-    """Fail at start-up, with the address in the message, if the metrics port is not free."""
+    """Fail at start-up, with the address in the message, if the metrics port is taken.
+
+    Another pyresponder (the other colour, or the instance being taken over) shares the port
+    through SO_REUSEPORT; any other program holding it is a conflict.
+    """
     with socket.socket(endpoint.family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             probe.bind((endpoint.host, endpoint.port))
         except OSError as error:

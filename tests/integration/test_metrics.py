@@ -143,3 +143,25 @@ def test_dead_metrics_process_is_restarted(chronyd: Chronyd,
     else:
         raise AssertionError("the metrics endpoint did not come back")
     assert query(("127.0.0.1", port), ntp_request()) is not None
+
+
+def test_two_instances_share_the_metrics_port_like_the_ntp_sockets(
+    chronyd: Chronyd, start_responder: StartResponder
+) -> None:
+    """During a colour swap both instances hold the port; the survivor keeps it."""
+    metrics_port = free_tcp_port()
+    ports = [free_udp_port(), free_udp_port()]
+    first, second = (
+        start_responder(
+            "--listen", f"127.0.0.1:{port}", "--backend", f"127.0.0.1:{chronyd.port}",
+            "--workers", "1", "--metrics", f"127.0.0.1:{metrics_port}",
+        )
+        for port in ports
+    )
+    for responder, port in zip((first, second), ports, strict=True):
+        responder.wait_answering(("127.0.0.1", port))
+    assert value(scrape(metrics_port), "pyresponder_synchronized") == 1
+    assert first.stop() == 0
+    for _ in range(10):  # every scrape now reaches the second instance
+        assert value(scrape(metrics_port), "pyresponder_synchronized") == 1
+    assert "cannot serve metrics" not in second.log()

@@ -502,3 +502,17 @@ def test_user_space_timestamps_are_later_than_kernel_ones(
         data = sock.recv(512)
     receive_ns = wire.unix_ns_from_ntp(struct.unpack("!Q", data[32:40])[0], resumed_ns)
     assert receive_ns >= resumed_ns
+
+
+def test_require_sync_exits_instead_of_serving_unsynchronized(
+    start_responder: StartResponder, port: int
+) -> None:
+    responder = start_responder(
+        *serve_args(port, free_udp_port(), "--workers", "1", "--ready-timeout", "1",
+                    "--require-sync")
+    )
+    assert query(("127.0.0.1", port), ntp_request(), timeout=0.5) is None  # never a LI=3 reply
+    assert responder.process is not None
+    assert responder.process.wait(10) == 1
+    assert "--require-sync: exiting without serving" in responder.log()
+    assert "pyresponder-w" not in responder.log()  # no worker was ever started
