@@ -19,7 +19,7 @@ import struct
 import time
 from functools import cache
 from itertools import repeat
-from operator import add, and_, floordiv, mod, mul, rshift
+from operator import add, mul, rshift
 from typing import TYPE_CHECKING, Final
 
 from . import wire
@@ -37,6 +37,8 @@ _FRAC_SHIFT: Final = 30
 _FRAC_MUL: Final = (1 << (32 + _FRAC_SHIFT)) // _NS
 _MAX_STEP_NS: Final = 50_000
 _SOL_SOCKET: Final = int(socket.SOL_SOCKET)
+_PER_REPLY: Final = 5  # arguments per reply in Layout.tails: origin, rx s, rx frac, tx, header
+_ERA: Final = 1 << 32  # NTP seconds wrap here (2036)
 
 
 def _reply_first_bytes(leap_bits: int) -> bytes:
@@ -102,16 +104,17 @@ class Layout:
 
     @cache  # noqa: B019
     def tails(self, count: int) -> struct.Struct:
-        """Bytes 24-48 of ``count`` consecutive replies, with the 24-byte headers between."""
-        return struct.Struct(">" + "8sIIII24s" * (count - 1) + "8sIIII")
+        """Bytes 24-48 of ``count`` consecutive replies, with the 24-byte headers between:
+        origin, receive seconds and fraction, transmit timestamp (64 bits), next header."""
+        return struct.Struct(">" + "8sIIQ24s" * (count - 1) + "8sIIQ")
 
     @cache  # noqa: B019
     def tx_controls(self, count: int) -> struct.Struct:
         return struct.Struct("@" + self.tx_one * count)
 
     def tail_arguments(self, count: int, header: bytes) -> list[object]:
-        arguments: list[object] = [b""] * (6 * count - 1)
-        arguments[5::6] = [header] * (count - 1)
+        arguments: list[object] = [b""] * (_PER_REPLY * count - 1)
+        arguments[_PER_REPLY - 1 :: _PER_REPLY] = [header] * (count - 1)
         return arguments
 
     @cache  # noqa: B019
@@ -160,22 +163,29 @@ def answer(  # noqa: PLR0911 (each early return is one reason a batch is not uni
             tx_arguments[4::6] = controls[6::step]  # in_pktinfo.ipi_spec_dst = request's ipi_addr
         layout.tx_controls(count).pack_into(sock.tx_control, 0, *tx_arguments)
 
+    # Receive timestamps: NTP seconds in this era (the batch must not straddle the 2036 wrap).
+    seconds = controls[2::step]
+    era_offset = _EPOCH - _ERA if seconds[0] + _EPOCH >= _ERA else _EPOCH
+    receive_seconds = list(map(add, seconds, repeat(era_offset, count)))
+    if max(receive_seconds) >= _ERA or min(receive_seconds) < 0:
+        return False
     arguments = sock.tail_arguments(count)
-    arguments[0::6] = layout.origins(count).unpack_from(requests)
-    arguments[1::6] = list(map(and_, map(add, controls[2::step], repeat(_EPOCH)), repeat(_MASK32)))
-    arguments[2::6] = list(map(rshift, map(mul, controls[3::step], repeat(_FRAC_MUL)),
-                               repeat(_FRAC_SHIFT)))
+    arguments[0::_PER_REPLY] = layout.origins(count).unpack_from(requests)
+    arguments[1::_PER_REPLY] = receive_seconds
+    arguments[2::_PER_REPLY] = list(map(rshift, map(mul, controls[3::step], repeat(_FRAC_MUL)),
+                                        repeat(_FRAC_SHIFT)))
     polls = requests[2:end : layout.request_size]
 
     # Transmit timestamps last: the time now, plus each reply's place in the sendmmsg times the
-    # measured cost of one message (see batchio).
-    step_ns = max(sock.send_step_ns, 1)
+    # measured cost of one message (see batchio), as one arithmetic range of 64-bit NTP values.
+    step = ((max(sock.send_step_ns, 1) << 32) // _NS) or 1
     start_ns = time.time_ns()
-    departures = range(start_ns, start_ns + step_ns * count, step_ns)
-    arguments[3::6] = list(map(and_, map(add, map(floordiv, departures, repeat(_NS)),
-                                         repeat(_EPOCH)), repeat(_MASK32)))
-    arguments[4::6] = list(map(rshift, map(mul, map(mod, departures, repeat(_NS)),
-                                           repeat(_FRAC_MUL)), repeat(_FRAC_SHIFT)))
+    start_seconds, start_nanos = divmod(start_ns, _NS)
+    first_tx = ((start_seconds + _EPOCH) & _MASK32) << 32
+    first_tx |= (start_nanos * _FRAC_MUL) >> _FRAC_SHIFT
+    if first_tx + step * count >= 1 << 64:  # the batch would straddle the era wrap: go slowly
+        return False
+    arguments[3::_PER_REPLY] = range(first_tx, first_tx + step * count, step)
     replies = sock.replies
     layout.tails(count).pack_into(replies, 24, *arguments)
     reply_end = count * wire.PACKET_LEN
