@@ -7,6 +7,7 @@ import pytest
 
 RATE = 2000  # requests per second from the client inside the container
 MAX_SECONDS = 150  # hard bound on the stream (RATE x MAX_SECONDS requests at most)
+FAILED_RATE = 500  # requests per second while a failed release is tried
 
 
 def _active(dexec) -> str:
@@ -24,15 +25,14 @@ def _probe_123(dexec) -> dict:
     return json.loads(r.stdout)
 
 
-@pytest.mark.timeout(400)
-def test_two_swaps_under_load_lose_nothing(dexec, playbook, tools_in_container):
-    first = _active(dexec)
+def _start_stream(dexec, rate: int) -> None:
+    """Start the client stream inside the container (bounded by MAX_SECONDS) and let it settle."""
     dexec("rm", "-f", "/tmp/pyr-test/started", "/tmp/pyr-test/stop", "/tmp/pyr-test/stream.json")
     dexec(
         "sh",
         "-c",
         "nohup python3 /tmp/pyr-test/ntp_stream.py --host 127.0.0.1 --port 123"
-        f" --rate {RATE} --max-seconds {MAX_SECONDS} --started-file /tmp/pyr-test/started"
+        f" --rate {rate} --max-seconds {MAX_SECONDS} --started-file /tmp/pyr-test/started"
         " --stop-file /tmp/pyr-test/stop --out /tmp/pyr-test/stream.json"
         " >/tmp/pyr-test/stream.log 2>&1 &",
     )
@@ -40,7 +40,23 @@ def test_two_swaps_under_load_lose_nothing(dexec, playbook, tools_in_container):
         if dexec("test", "-e", "/tmp/pyr-test/started", check=False).returncode == 0:
             break
         time.sleep(0.1)
-    time.sleep(1)  # steady state before the first swap
+    time.sleep(1)  # steady state before the change
+
+
+def _stop_stream(dexec) -> dict:
+    dexec("touch", "/tmp/pyr-test/stop")
+    for _ in range(100):
+        r = dexec("cat", "/tmp/pyr-test/stream.json", check=False)
+        if r.returncode == 0:
+            break
+        time.sleep(0.1)
+    return json.loads(r.stdout)
+
+
+@pytest.mark.timeout(400)
+def test_two_swaps_under_load_lose_nothing(dexec, playbook, tools_in_container):
+    first = _active(dexec)
+    _start_stream(dexec, RATE)
     colours = [first]
     t0 = time.monotonic()
     for _ in range(2):
@@ -49,13 +65,7 @@ def test_two_swaps_under_load_lose_nothing(dexec, playbook, tools_in_container):
         colours.append(_active(dexec))
     swaps_seconds = time.monotonic() - t0
     time.sleep(1)  # steady state after the second swap
-    dexec("touch", "/tmp/pyr-test/stop")
-    for _ in range(100):
-        r = dexec("cat", "/tmp/pyr-test/stream.json", check=False)
-        if r.returncode == 0:
-            break
-        time.sleep(0.1)
-    summary = json.loads(r.stdout)
+    summary = _stop_stream(dexec)
     print(f"colours {' -> '.join(colours)}, swaps took {swaps_seconds:.1f} s, stream {summary}")
     other = "green" if first == "blue" else "blue"
     assert colours == [first, other, first]
@@ -71,7 +81,7 @@ def test_two_swaps_under_load_lose_nothing(dexec, playbook, tools_in_container):
 @pytest.mark.parametrize(
     "case, extra",
     [
-        # Starts, but its backend never answers: READY after 2 s, replies unsynchronized.
+        # Its backend never answers: with --require-sync it exits after 2 s without answering.
         (
             "unsynchronized",
             ["-e", "ntp_frontend_backend=127.0.0.1:9", "-e", "ntp_frontend_ready_timeout=2"],
@@ -81,9 +91,21 @@ def test_two_swaps_under_load_lose_nothing(dexec, playbook, tools_in_container):
     ],
 )
 @pytest.mark.timeout(300)
-def test_failed_release_keeps_old_colour(dexec, playbook, case, extra):
+def test_failed_release_keeps_old_colour(dexec, playbook, tools_in_container, case, extra):
     before = _active(dexec)
+    # Clients on port 123 while the bad release is tried: the new colour (--require-sync) must
+    # never answer, so every reply comes from the old colour, synchronized, and none is lost.
+    _start_stream(dexec, FAILED_RATE)
+    t0 = time.monotonic()
     r = playbook("site.yml", *extra)
+    play_seconds = time.monotonic() - t0
+    time.sleep(1)
+    stream = _stop_stream(dexec)
+    print(f"{case}: playbook {play_seconds:.1f} s, stream {stream}")
+    assert stream["seconds"] > play_seconds
+    assert stream["unsynchronized"] == 0, stream
+    assert stream["lost"] == 0, stream
+    assert stream["bad"] == 0, stream
     out = r.stdout + r.stderr
     assert r.returncode != 0, out[-3000:]
     assert "ROLLOUT FAILED" in out, out[-3000:]
