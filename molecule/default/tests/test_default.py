@@ -48,8 +48,11 @@ def test_exactly_one_colour_with_expected_workers(host):
     assert [c for c, up in states.items() if up] == [active]
     assert host.service(f"pyresponder@{active}").is_enabled
     main_pid = int(host.check_output(f"systemctl show -p MainPID --value pyresponder@{active}"))
-    workers = host.check_output(f"pgrep -P {main_pid}").split()
-    assert len(workers) == GROUP_VARS["ntp_frontend_workers"]
+    # Children: the workers (pyresponder-wN) and the metrics server (pyresponder-m).
+    children = host.check_output(f"ps -o comm= --ppid {main_pid}").split()
+    workers = [c for c in children if c.startswith("pyresponder-w")]
+    assert len(workers) == GROUP_VARS["ntp_frontend_workers"], children
+    assert children.count("pyresponder-m") == 1, children
     assert f"--workers {GROUP_VARS['ntp_frontend_workers']}" in host.process.get(pid=main_pid).args
 
 
