@@ -57,6 +57,7 @@ class Config:
     max_rate: int
     bisections: int
     gen_threads: int
+    gen_cpu: int | None  # pin the generator to this CPU (None: let the scheduler place it)
     gen_sockets: int
     drain_ms: int
     late_ms: int
@@ -112,6 +113,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         choices=(1, 2),
         help="ntpload threads (default 1: the generator takes at most one core)",
     )
+    parser.add_argument(
+        "--gen-cpu",
+        type=int,
+        default=None,
+        help="pin the generator to this CPU number (default: not pinned)",
+    )
     parser.add_argument("--gen-sockets", type=int, default=16, help="ntpload source sockets")
     parser.add_argument(
         "--late-ms",
@@ -138,6 +145,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         max_rate=args.max_rate,
         bisections=1 if quick else 2,
         gen_threads=args.gen_threads,
+        gen_cpu=args.gen_cpu,
         gen_sockets=args.gen_sockets,
         drain_ms=200 if quick else 300,
         late_ms=args.late_ms,
@@ -280,8 +288,15 @@ def run_step(cfg: Config, binary: Path, port: int, server_pid: int, rate: int) -
     ]  # fmt: skip
     before = cpu_times(server_pid)
     sys_before = system_cpu()
+    cpu = cfg.gen_cpu
+    pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
     proc = subprocess.run(
-        cmd, check=False, capture_output=True, text=True, timeout=cfg.duration + 15
+        cmd,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=cfg.duration + 15,
+        preexec_fn=pin,
     )
     after = cpu_times(server_pid)
     sys_after = system_cpu()
