@@ -82,11 +82,7 @@ class BackendPoller:
         if packet.mode != wire.MODE_SERVER or packet.origin_raw != self._pending:
             return None  # stale, duplicated or forged
         self._pending = None
-        t1, t4 = self._sent_ns, received_ns
-        t2 = wire.unix_ns_from_ntp(packet.receive_ts, t1)
-        t3 = wire.unix_ns_from_ntp(packet.transmit_ts, t1)
-        offset_ns = ((t2 - t1) + (t3 - t4)) / 2
-        delay_ns = max((t4 - t1) - (t3 - t2), 0)
+        offset, delay = wire.offset_and_delay(packet, self._sent_ns, received_ns)
         return BackendSample(
             leap=packet.leap,
             stratum=packet.stratum,
@@ -95,8 +91,8 @@ class BackendPoller:
             reference_ts=packet.reference_ts,
             root_delay=packet.root_delay,
             root_dispersion=packet.root_dispersion,
-            offset=offset_ns / 1e9,
-            delay=delay_ns / 1e9,
+            offset=offset,
+            delay=delay,
             received_at=received_at,
         )
 

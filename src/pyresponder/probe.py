@@ -68,10 +68,7 @@ def probe(endpoint: Endpoint, timeout: float = 2.0, version: int = 4) -> ProbeRe
             packet = wire.parse_packet(data)
             if packet.origin_raw != transmit or packet.mode != wire.MODE_SERVER:
                 continue
-            t2 = wire.unix_ns_from_ntp(packet.receive_ts, sent_ns)
-            t3 = wire.unix_ns_from_ntp(packet.transmit_ts, sent_ns)
-            offset = ((t2 - sent_ns) + (t3 - received_ns)) / 2e9
-            delay = max((received_ns - sent_ns) - (t3 - t2), 0) / 1e9
+            offset, delay = wire.offset_and_delay(packet, sent_ns, received_ns)
             return ProbeResult(
                 host=endpoint.host,
                 port=endpoint.port,

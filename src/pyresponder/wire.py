@@ -197,6 +197,19 @@ def unix_ns_from_ntp(timestamp: int, pivot_unix_ns: int) -> int:
     return ntp_units * _NS_PER_S // (1 << 32) - NTP_UNIX_OFFSET * _NS_PER_S
 
 
+def offset_and_delay(packet: Packet, sent_ns: int, received_ns: int) -> tuple[float, float]:
+    """A client's clock offset and round-trip delay, in seconds, from a server's reply.
+
+    ``sent_ns`` and ``received_ns`` are the client's own Unix times of request and reply (T1,
+    T4); the reply carries T2 and T3. Offset is server time minus client time (RFC 5905).
+    """
+    t2 = unix_ns_from_ntp(packet.receive_ts, sent_ns)
+    t3 = unix_ns_from_ntp(packet.transmit_ts, sent_ns)
+    offset = ((t2 - sent_ns) + (t3 - received_ns)) / 2e9
+    delay = max((received_ns - sent_ns) - (t3 - t2), 0) / 1e9
+    return offset, delay
+
+
 def refid_text(refid: bytes, stratum: int) -> str:
     """Human form of a refid: ASCII for stratum 0/1 (kiss codes, clock names), else IPv4."""
     if stratum <= 1:

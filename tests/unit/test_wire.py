@@ -155,3 +155,14 @@ def test_lookup_table_agrees_with_reply_mode(first: int, length: int, port: int)
         assert (first >> 3) & 7 == 1 and first & 7 == 0  # NTPv1: no mode field
     else:
         assert table[first] == expected
+
+
+def test_offset_and_delay() -> None:
+    base = 1_795_000_000 * 10**9
+    reply = bytearray(48)
+    # Server 5 ms ahead; 1 ms each way; 0.5 ms inside the server.
+    t1, t2, t3, t4 = base, base + 6_000_000, base + 6_500_000, base + 2_500_000
+    struct.pack_into("!QQ", reply, 32, wire.ntp_from_unix_ns(t2), wire.ntp_from_unix_ns(t3))
+    offset, delay = wire.offset_and_delay(wire.parse_packet(reply), t1, t4)
+    assert offset == pytest.approx(0.005, abs=1e-8)
+    assert delay == pytest.approx(0.002, abs=1e-8)
