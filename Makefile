@@ -12,13 +12,14 @@ demo: ## provision a local systemd container with site.yml and show it serving t
 test: lint test-python test-molecule ## every test: lint, unit + integration, molecule
 
 lint:
-	bash scripts/setup-venv test,lint
+	bash scripts/setup-venv test,lint,ansible
 	ruff check .
 	mypy
+	ansible-lint --offline --profile production site.yml playbooks roles molecule
 
 test-python:
 	bash scripts/install-chrony
-	bash scripts/setup-venv test,lint
+	bash scripts/setup-venv test,lint,ansible
 	pytest -q -ra tests
 
 test-molecule:
