@@ -14,6 +14,7 @@ from . import __version__, metrics
 from .endpoints import Endpoint, parse_endpoint, resolve
 from .probe import probe
 from .ratelimit import RateLimitPolicy
+from .sockets import DEFAULT_RECEIVE_BUFFER
 from .supervisor import ServeConfig, Supervisor
 from .syncstate import SyncPolicy
 
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--receive-buffer",
         type=_bytes,
-        default=8 << 20,
+        default=DEFAULT_RECEIVE_BUFFER,
         metavar="BYTES",
         help="SO_RCVBUF to ask for on each socket, 0 to keep the system's (default 8 MiB)",
     )

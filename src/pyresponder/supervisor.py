@@ -24,7 +24,7 @@ from .endpoints import Endpoint
 from .notify import Notifier
 from .ratelimit import RateLimiter, RateLimitPolicy
 from .shared import SharedState
-from .sockets import Listener, open_listeners, systemd_sockets
+from .sockets import DEFAULT_RECEIVE_BUFFER, Listener, open_listeners, systemd_sockets
 from .syncstate import BackendSample, ServerState, SyncPolicy, evaluate
 from .worker import Worker, become_child, counter_summary
 
@@ -43,7 +43,7 @@ class ServeConfig:
     policy: SyncPolicy
     ready_timeout: float
     poll_interval: float = 1.0
-    receive_buffer: int = 8 << 20
+    receive_buffer: int = DEFAULT_RECEIVE_BUFFER
     stats_interval: float = 300.0
     use_systemd_sockets: bool = True
     io: str = "batch"
