@@ -11,6 +11,10 @@ import pytest
 
 SCENARIO = Path(__file__).resolve().parents[1]
 REPO = SCENARIO.parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.ansible import run_playbook  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -46,27 +50,9 @@ def playbook(container, tmp_path_factory):
         f"        {container}:\n          ansible_connection: community.docker.docker\n"
     )
     shutil.copytree(SCENARIO / "inventory" / "group_vars", inv / "group_vars")
-    ansible = shutil.which("ansible-playbook") or str(
-        Path(sys.executable).parent / "ansible-playbook"
-    )
 
     def run(path: str, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        env = dict(
-            os.environ,
-            ANSIBLE_PIPELINING="true",
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        )
-        env.pop("ANSIBLE_INVENTORY", None)
-        return subprocess.run(
-            [ansible, "-i", str(inv), str(REPO / path), *extra],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-            env=env,
-            check=False,
-        )
+        return run_playbook(inv, path, *extra, timeout=timeout)
 
     return run
 

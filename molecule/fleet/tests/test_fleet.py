@@ -12,6 +12,11 @@ import pytest
 
 SCENARIO = Path(__file__).resolve().parents[1]
 REPO = SCENARIO.parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.ansible import run_playbook  # noqa: E402
+
 HOSTS = ["pyresponder-fleet-a", "pyresponder-fleet-b"]  # inventory order = batch order
 
 
@@ -52,31 +57,8 @@ def _sources(tmp: Path, name: str, append: str) -> Path:
 
 
 def _upgrade(inv: Path, source: Path) -> subprocess.CompletedProcess[str]:
-    ansible = shutil.which("ansible-playbook") or str(
-        Path(sys.executable).parent / "ansible-playbook"
-    )
-    env = dict(
-        os.environ,
-        ANSIBLE_PIPELINING="true",
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-    )
-    env.pop("ANSIBLE_INVENTORY", None)
-    return subprocess.run(
-        [
-            ansible,
-            "-i",
-            str(inv),
-            str(REPO / "playbooks/upgrade.yml"),
-            "-e",
-            f"ntp_frontend_source_dir={source}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        cwd=REPO,
-        env=env,
-        check=False,
+    return run_playbook(
+        inv, "playbooks/upgrade.yml", "-e", f"ntp_frontend_source_dir={source}", timeout=400
     )
 
 
