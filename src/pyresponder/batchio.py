@@ -85,13 +85,12 @@ RX_CONTROL_SIZE: Final = 256
 TX_CONTROL_SIZE: Final = socket.CMSG_SPACE(20)
 DEFAULT_BATCH: Final = 64
 DEFAULT_SEND_BATCH: Final = 16
-_NS: Final = 1_000_000_000
+_NS: Final = wire.NS_PER_S
 _EPOCH: Final = wire.NTP_UNIX_OFFSET
 _MASK32: Final = 0xFFFF_FFFF
 _NO_TIMESTAMP: Final = -1
-# nanoseconds -> 2**-32 s units as a multiply and a shift: (ns * 2**62 / 1e9) >> 30.
-_FRAC_SHIFT: Final = 30
-_FRAC_MUL: Final = (1 << (32 + _FRAC_SHIFT)) // _NS
+_FRAC_SHIFT: Final = wire.FRACTION_SHIFT
+_FRAC_MUL: Final = wire.FRACTION_MUL
 _MAX_STEP_NS: Final = 50_000
 _INITIAL_STEP_NS: Final = 2_000
 # Plain ints: socket's IntFlag/IntEnum constants go through enum code on every "&".
@@ -162,7 +161,6 @@ class BatchSocket:
         self.rx_headers_at = addr["rx_headers"]
         self.tx_headers_at = addr["tx_headers"]
         self.names_at = addr["names"]
-        self._keep = (rx_iov, tx_iov)
 
         # Where a reply's source address goes: in_pktinfo.ipi_spec_dst or in6_pktinfo.ipi6_addr.
         if ipv6:
@@ -230,9 +228,19 @@ class BatchSocket:
             self._tail_arguments[count] = arguments
         return arguments
 
-    def sendmmsg(self, count: int) -> int:
-        sent: int = _sendmmsg(self.fd, self.tx_headers_at, count, 0)
-        return sent
+    def transmit(self, count: int, counters: list[int], start_ns: int) -> None:
+        """sendmmsg the first ``count`` replies, stamped from ``start_ns``; count the outcome and
+        learn the per-message cost (a moving average, capped against outliers: a preemption in
+        the middle of a call is not the cost of a message)."""
+        sent = _sendmmsg(self.fd, self.tx_headers_at, count, 0)
+        elapsed = time.time_ns() - start_ns
+        if sent <= 0:
+            counters[SEND_ERRORS] += count
+            return
+        self.send_step_ns += (min(elapsed // sent, _MAX_STEP_NS) - self.send_step_ns) >> 3
+        counters[ANSWERED] += sent
+        if sent < count:
+            counters[SEND_ERRORS] += count - sent
 
     def _answer(self, count: int, counters: list[int], leap_bits: int) -> None:
         if uniform.answer(self, self.layout, count, counters, leap_bits):
@@ -350,17 +358,7 @@ class BatchSocket:
             seconds, nanos = divmod(start_ns + k * step, _NS)
             pack(replies, k * _PACKET_LEN + 40,
                  (((seconds + _EPOCH) & _MASK32) << 32) | ((nanos * _FRAC_MUL) >> _FRAC_SHIFT))
-        sent = _sendmmsg(self.fd, self.tx_headers_at, count, 0)
-        elapsed = time.time_ns() - start_ns
-        if sent <= 0:
-            counters[SEND_ERRORS] += count
-            return
-        # Exponential moving average of the time per message, capped against outliers
-        # (a preemption in the middle of a call is not the cost of a message).
-        self.send_step_ns += (min(elapsed // sent, _MAX_STEP_NS) - self.send_step_ns) >> 3
-        counters[ANSWERED] += sent
-        if sent < count:
-            counters[SEND_ERRORS] += count - sent
+        self.transmit(count, counters, start_ns)
 
     def _find_pktinfo(self, at: int, end: int) -> int:
         while at + _CMSG_DATA_AT <= end:

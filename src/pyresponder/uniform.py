@@ -23,19 +23,17 @@ from operator import add, mul, rshift
 from typing import TYPE_CHECKING, Final
 
 from . import wire
-from .shared import ANSWERED, SEND_ERRORS
 from .sockets import SCM_TIMESTAMPNS
 
 if TYPE_CHECKING:
     from .batchio import BatchSocket
 
 MIN_BATCH: Final = 4  # below this, the per-packet loop is as cheap
-_NS: Final = 1_000_000_000
+_NS: Final = wire.NS_PER_S
 _EPOCH: Final = wire.NTP_UNIX_OFFSET
 _MASK32: Final = 0xFFFF_FFFF
-_FRAC_SHIFT: Final = 30
-_FRAC_MUL: Final = (1 << (32 + _FRAC_SHIFT)) // _NS
-_MAX_STEP_NS: Final = 50_000
+_FRAC_SHIFT: Final = wire.FRACTION_SHIFT
+_FRAC_MUL: Final = wire.FRACTION_MUL
 _SOL_SOCKET: Final = int(socket.SOL_SOCKET)
 _PER_REPLY: Final = 5  # arguments per reply in Layout.tails: origin, rx s, rx frac, tx, header
 _ERA: Final = 1 << 32  # NTP seconds wrap here (2036)
@@ -191,13 +189,5 @@ def answer(  # noqa: PLR0911 (each early return is one reason a batch is not uni
     reply_end = count * wire.PACKET_LEN
     replies[0:reply_end : wire.PACKET_LEN] = firsts
     replies[2:reply_end : wire.PACKET_LEN] = polls
-    sent = sock.sendmmsg(count)
-    elapsed = time.time_ns() - start_ns
-    if sent <= 0:
-        counters[SEND_ERRORS] += count
-        return True
-    sock.send_step_ns += (min(elapsed // sent, _MAX_STEP_NS) - sock.send_step_ns) >> 3
-    counters[ANSWERED] += sent
-    if sent < count:
-        counters[SEND_ERRORS] += count - sent
+    sock.transmit(count, counters, start_ns)
     return True

@@ -166,3 +166,10 @@ def test_offset_and_delay() -> None:
     offset, delay = wire.offset_and_delay(wire.parse_packet(reply), t1, t4)
     assert offset == pytest.approx(0.005, abs=1e-8)
     assert delay == pytest.approx(0.002, abs=1e-8)
+
+
+@given(st.integers(0, 999_999_999))
+def test_hot_loop_fraction_is_within_one_unit_of_the_exact_one(nanos: int) -> None:
+    fast = (nanos * wire.FRACTION_MUL) >> wire.FRACTION_SHIFT
+    exact = (nanos << 32) // wire.NS_PER_S
+    assert 0 <= exact - fast <= 1
