@@ -45,7 +45,6 @@ class ServeConfig:
     poll_interval: float = 1.0
     receive_buffer: int = DEFAULT_RECEIVE_BUFFER
     stats_interval: float = 300.0
-    use_systemd_sockets: bool = True
     io: str = "batch"
     batch: int = 64
     send_batch: int = 16
@@ -96,7 +95,7 @@ class Supervisor:
     # --- life cycle ---
 
     def run(self) -> int:
-        inherited = systemd_sockets() if self.config.use_systemd_sockets else []
+        inherited = systemd_sockets()
         if self.config.takeover is not None:
             inherited += handoff.fetch_sockets(self.config.takeover)
         endpoints = self.config.listen
