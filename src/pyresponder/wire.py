@@ -32,59 +32,9 @@ LEAP_UNSYNCHRONIZED: Final = 3
 
 NTP_PORT: Final = 123
 
-# Why a request is not answered; the values index the per-worker drop counters.
-DROP_LENGTH: Final = -1  # shorter than 48 bytes or not a multiple of 4
-DROP_VERSION: Final = -2  # version 0 or above 4
-DROP_MODE: Final = -3  # server, broadcast, control (6), private (7) or reserved mode
-
 _HEADER: Final = struct.Struct("!BBbbII4sQQQQ")
 _SERVER_PART: Final = struct.Struct("!BBbbII4sQ")  # the first 24 bytes, shared by all replies
-_TIMESTAMPS: Final = struct.Struct("!QQ")
 _U64: Final = struct.Struct("!Q")
-
-
-def reply_mode(first_byte: int, length: int, source_port: int) -> int:
-    """Return the mode to answer a request with, or a negative ``DROP_*`` reason.
-
-    Follows chrony: mode 3 gets mode 4, mode 1 gets mode 2, an NTPv1 request (which has no mode
-    field) gets mode 4 unless it comes from port 123. Everything else, including the control and
-    private modes used for amplification attacks, is dropped.
-    """
-    if length < PACKET_LEN or length & 3:
-        return DROP_LENGTH
-    version = (first_byte >> 3) & 7
-    if version < 1 or version > 4:
-        return DROP_VERSION
-    mode = first_byte & 7
-    if mode == MODE_CLIENT:
-        return MODE_SERVER
-    if mode == MODE_SYMMETRIC_ACTIVE:
-        return MODE_SYMMETRIC_PASSIVE
-    if mode == MODE_RESERVED and version == 1 and source_port != NTP_PORT:
-        return MODE_SERVER
-    return DROP_MODE
-
-
-def write_reply(
-    out: bytearray,
-    request: bytes | bytearray | memoryview,
-    mode: int,
-    header: bytes,
-    receive_ts: int,
-    transmit_ts: int,
-) -> None:
-    """Fill ``out[:48]`` with the reply to ``request``.
-
-    ``header`` is the 24-byte server part from :func:`server_header` (leap, stratum, precision,
-    root delay and dispersion, refid, reference time). Version and poll are echoed from the
-    request and its transmit timestamp becomes the origin timestamp bit for bit, which is all a
-    data-minimized client needs.
-    """
-    out[0:24] = header
-    out[0] = (header[0] & 0xC0) | (request[0] & 0x38) | mode
-    out[2] = request[2]
-    out[24:32] = request[40:48]
-    _TIMESTAMPS.pack_into(out, 32, receive_ts, transmit_ts)
 
 
 def server_header(
@@ -219,21 +169,3 @@ def refid_text(refid: bytes, stratum: int) -> str:
     if stratum <= 1:
         return refid.rstrip(b"\0").decode("ascii", "replace")
     return ".".join(str(b) for b in refid)
-
-
-# A request whose answer depends on its source port (NTPv1 without a mode field).
-DEPENDS_ON_PORT: Final = -100
-
-
-def reply_mode_table() -> tuple[int, ...]:
-    """``reply_mode`` for every possible first byte of a full-length request, as a lookup table.
-
-    The hot loop indexes it instead of calling ``reply_mode``; bytes whose answer depends on the
-    source port map to ``DEPENDS_ON_PORT``. Derived from ``reply_mode``, so the two cannot drift.
-    """
-    table = []
-    for first in range(256):
-        other_port = reply_mode(first, PACKET_LEN, NTP_PORT + 1)
-        same_port = reply_mode(first, PACKET_LEN, NTP_PORT)
-        table.append(other_port if other_port == same_port else DEPENDS_ON_PORT)
-    return tuple(table)

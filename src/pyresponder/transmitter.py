@@ -1,0 +1,131 @@
+"""Sending replies: the transmit timestamp (T3), grouping, and what happens when a send fails.
+
+One place for what every engine must get right when a reply leaves:
+
+- **T3 is never later than the real send.** The kernel sends the messages of one sendmmsg one
+  after another, so reply k of a group is stamped with the time read just before the group plus k
+  times the cost of one message. That cost is measured around the sendmmsg call alone (not the
+  Python that fills the group) and followed as a low envelope: a faster measurement is taken at
+  once, a slower one only slowly, so the stamps lean early rather than late. A preemption in the
+  middle of a call only makes the real send later than its stamp.
+- **T3 is never earlier than T2.** If the clock stepped back since a request arrived (the kernel
+  repeats a second at a leap), the stamps are clamped to the latest receive time of the batch.
+- **Groups of at most --send-batch**, whatever engine filled the replies; each group is stamped
+  just before it is sent, so later groups are not stamped early by the time the earlier ones take.
+- **A failed message costs only itself.** sendmmsg stops at the first message it cannot send and
+  reports how many went out; the failed one is counted as a send error and skipped, and the rest
+  of the group is sent.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Iterable
+from functools import cache
+from itertools import repeat
+from typing import Final
+
+from . import mmsg
+from .request import ntp_timestamp
+from .shared import ANSWERED, SEND_ERRORS
+
+MAX_STEP_NS: Final = 20_000  # above this a "per-message cost" is a preemption, not a cost
+_RISE_SHIFT: Final = 4  # a slower measurement moves the estimate 1/16 of the way
+_ERA: Final = 1 << 64
+_NS: Final = 1_000_000_000
+_U64: Final = struct.Struct("!Q")
+
+
+@cache
+def _stamps(count: int) -> struct.Struct:
+    """Bytes 40-48 (transmit timestamp) of ``count`` consecutive 48-byte replies."""
+    return struct.Struct("!" + "Q40x" * (count - 1) + "Q")
+
+
+class Transmitter:
+    """Sends reply slots 0..count-1 of one socket's buffers with sendmmsg."""
+
+    def __init__(self, fd: int, buffers: mmsg.Buffers, send_batch: int) -> None:
+        self.fd = fd
+        self.buffers = buffers
+        self.send_batch = max(1, min(send_batch, buffers.batch))
+        self.step_ns = 0  # estimated cost of one message within a sendmmsg
+        self.calls = 0  # sendmmsg calls made
+        self.largest_group = 0  # the most messages handed to one sendmmsg
+
+    def send(self, count: int, counters: list[int], latest_receive_ns: int) -> None:
+        """Stamp and send replies 0..count-1, in groups of at most ``send_batch``."""
+        group = self.send_batch
+        start = 0
+        while start < count:
+            size = min(group, count - start)
+            # Not before a request arrived, even if the clock stepped back since (a leap).
+            now = max(time.time_ns(), latest_receive_ns)
+            self._stamp(start, size, now)
+            self._send_group(start, size, counters)
+            start += size
+
+    def _stamp(self, start: int, size: int, now_ns: int) -> None:
+        first = ntp_timestamp(now_ns)
+        step = (self.step_ns << 32) // _NS
+        if step == 0 or size == 1:
+            values: Iterable[int] = repeat(first, size)
+        elif first + step * size < _ERA:
+            values = range(first, first + step * size, step)
+        else:  # the group straddles the 2036 era wrap
+            values = [(first + k * step) % _ERA for k in range(size)]
+        _stamps(size).pack_into(self.buffers.replies, start * mmsg.REPLY_SIZE + 40, *values)
+
+    def _send_group(self, start: int, size: int, counters: list[int]) -> None:
+        fd, sendmmsg, time_ns = self.fd, mmsg.sendmmsg, time.time_ns
+        at = self.buffers.tx_headers_at + start * mmsg.MMSG_SIZE
+        remaining = size
+        while remaining:
+            self.calls += 1
+            self.largest_group = max(self.largest_group, remaining)
+            before = time_ns()
+            sent = sendmmsg(fd, at, remaining, 0)
+            if sent == remaining:
+                if sent > 1:
+                    self._learn((time_ns() - before) // sent)
+                counters[ANSWERED] += sent
+                return
+            # Message ``sent`` (0 when the call returned -1) failed: skip it, send the rest.
+            if sent > 0:
+                counters[ANSWERED] += sent
+            else:
+                sent = 0
+            counters[SEND_ERRORS] += 1
+            at += (sent + 1) * mmsg.MMSG_SIZE
+            remaining -= sent + 1
+
+    def _learn(self, cost_ns: int) -> None:
+        step = self.step_ns
+        if cost_ns <= step:
+            self.step_ns = cost_ns
+        else:
+            self.step_ns = min(step + ((cost_ns - step) >> _RISE_SHIFT) + 1, MAX_STEP_NS)
+
+
+def send_one(
+    sock: socket.socket,
+    reply: bytearray,
+    buffers: list[bytearray],
+    address: tuple[object, ...],
+    ancillary: list[tuple[int, int, bytes]],
+    receive_ns: int,
+) -> bool:
+    """Stamp and send one reply (the plain engine): T3 is read just before the call, clamped to
+    the request's receive time. False when the send failed."""
+    now = time.time_ns()
+    _U64.pack_into(reply, 40, ntp_timestamp(now if now >= receive_ns else receive_ns))
+    try:
+        if ancillary:
+            sock.sendmsg(buffers, ancillary, 0, address)
+        else:
+            sock.sendto(reply, address)
+    except OSError:
+        return False
+    return True
