@@ -4,7 +4,8 @@ Every buffer is allocated once per socket: request slots, source-address slots, 
 slots, reply slots and the two mmsghdr arrays live in bytearrays whose addresses are handed to
 the kernel. Slot ``i`` of every buffer belongs to the ``i``-th datagram of a batch; reply ``i``'s
 msg_name points at request ``i``'s source-address slot, so one sendmmsg answers a batch without
-copying addresses.
+copying addresses. A reply is sent from two pieces: its first 40 bytes from ``replies`` and its
+transmit timestamp from ``stamps``.
 
 The kernel overwrites msg_namelen, msg_controllen and msg_flags of the receive headers: they are
 restored from a pristine copy before each recvmmsg (``Buffers.reset_receive``).
@@ -53,6 +54,8 @@ NAME_SIZE: Final = 128  # sockaddr_storage
 RX_CONTROL_SIZE: Final = 256
 TX_CONTROL_SIZE: Final = socket.CMSG_SPACE(20)
 REPLY_SIZE: Final = wire.PACKET_LEN
+STAMP_AT: Final = 40  # where the transmit timestamp goes in a reply
+STAMP_SIZE: Final = 8
 
 _IOVEC: Final = struct.Struct("@PN")
 _MSGHDR_PTRS: Final = struct.Struct("@PI4xPNPN")  # name, namelen, iov, iovlen, control, clen
@@ -87,7 +90,10 @@ class Buffers:
         self.rx_control = bytearray(batch * RX_CONTROL_SIZE)
         self.replies = bytearray(batch * REPLY_SIZE)
         self.tx_control = bytearray(batch * TX_CONTROL_SIZE)
-        rx_iov, tx_iov = bytearray(batch * IOVEC_SIZE), bytearray(batch * IOVEC_SIZE)
+        # Transmit timestamps live apart from the replies, one 8-byte slot each, as the second
+        # iovec of every reply: a group is stamped with one pack_into of consecutive values.
+        self.stamps = bytearray(batch * STAMP_SIZE)
+        rx_iov, tx_iov = bytearray(batch * IOVEC_SIZE), bytearray(batch * 2 * IOVEC_SIZE)
         self.rx_headers = bytearray(batch * MMSG_SIZE)
         self.tx_headers = bytearray(batch * MMSG_SIZE)
         requests_at, self.names_at = self._pin(self.requests), self._pin(self.names)
@@ -95,6 +101,7 @@ class Buffers:
         tx_control_at, rx_iov_at, tx_iov_at = (
             self._pin(self.tx_control), self._pin(rx_iov), self._pin(tx_iov)
         )
+        stamps_at = self._pin(self.stamps)
         self.rx_headers_at = self._pin(self.rx_headers)
         self.tx_headers_at = self._pin(self.tx_headers)
 
@@ -110,7 +117,9 @@ class Buffers:
 
         for i in range(batch):
             _IOVEC.pack_into(rx_iov, i * IOVEC_SIZE, requests_at + i * RECEIVE_SIZE, RECEIVE_SIZE)
-            _IOVEC.pack_into(tx_iov, i * IOVEC_SIZE, replies_at + i * REPLY_SIZE, REPLY_SIZE)
+            _IOVEC.pack_into(tx_iov, 2 * i * IOVEC_SIZE, replies_at + i * REPLY_SIZE, STAMP_AT)
+            _IOVEC.pack_into(tx_iov, (2 * i + 1) * IOVEC_SIZE, stamps_at + i * STAMP_SIZE,
+                             STAMP_SIZE)
             _MSGHDR_PTRS.pack_into(
                 self.rx_headers, i * MMSG_SIZE, self.names_at + i * NAME_SIZE, NAME_SIZE,
                 rx_iov_at + i * IOVEC_SIZE, 1, rx_control_at + i * RX_CONTROL_SIZE,
@@ -118,7 +127,7 @@ class Buffers:
             )
             _MSGHDR_PTRS.pack_into(
                 self.tx_headers, i * MMSG_SIZE, self.names_at + i * NAME_SIZE, name_len,
-                tx_iov_at + i * IOVEC_SIZE, 1,
+                tx_iov_at + 2 * i * IOVEC_SIZE, 2,
                 tx_control_at + i * TX_CONTROL_SIZE if wildcard else 0,
                 self.tx_controllen if wildcard else 0,
             )

@@ -37,6 +37,7 @@ class PlainSocket:
         self.wildcard = listener.wildcard
         self.batch = batch
         self.header = bytes(24)
+        self.clock = time.time_ns  # for transmit timestamps (Unix ns); tests pass a stepped one
         # Preallocated once: the loop reuses them for every packet.
         self._request = bytearray(RECEIVE_SIZE)
         self._request_buffers = [self._request]
@@ -82,7 +83,8 @@ class PlainSocket:
                 counters[RATE_LIMITED] += 1
                 if verdict == request.REPLY_KOD:
                     counters[KOD_SENT] += 1
-            if send_one(sock, reply, self._reply_buffers, address, route, receive_ns):
+            if send_one(sock, reply, self._reply_buffers, address, route, receive_ns,
+                        self.clock):
                 counters[ANSWERED] += 1
             else:
                 counters[SEND_ERRORS] += 1

@@ -4,10 +4,11 @@ One place for what every engine must get right when a reply leaves:
 
 - **T3 is never later than the real send.** The kernel sends the messages of one sendmmsg one
   after another, so reply k of a group is stamped with the time read just before the group plus k
-  times the cost of one message. That cost is measured around the sendmmsg call alone (not the
-  Python that fills the group) and followed as a low envelope: a faster measurement is taken at
-  once, a slower one only slowly, so the stamps lean early rather than late. A preemption in the
-  middle of a call only makes the real send later than its stamp.
+  times a bound on the cost of one message: half the cost measured around the sendmmsg call
+  alone (not the Python that fills the group), followed as a low envelope (a faster measurement
+  is taken at once, a slower one only slowly, an outlier not at all). The measured cost also holds
+  the call's fixed cost, which delays no message after the first: hence the half. The stamps lean
+  early rather than late; a preemption in the middle of a call only makes the real send later.
 - **T3 is never earlier than T2.** If the clock stepped back since a request arrived (the kernel
   repeats a second at a leap), the stamps are clamped to the latest receive time of the batch.
 - **Groups of at most --send-batch**, whatever engine filled the replies; each group is stamped
@@ -22,7 +23,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from itertools import repeat
 from typing import Final
@@ -33,6 +34,9 @@ from .shared import ANSWERED, SEND_ERRORS
 
 MAX_STEP_NS: Final = 20_000  # above this a "per-message cost" is a preemption, not a cost
 _RISE_SHIFT: Final = 4  # a slower measurement moves the estimate 1/16 of the way
+# Stamps advance by half the measured cost per message: the measurement also holds the call's
+# fixed cost (entering and leaving the kernel, ctypes), which delays no message after the first.
+_STEP_SHIFT: Final = 1
 _ERA: Final = 1 << 64
 _NS: Final = 1_000_000_000
 _U64: Final = struct.Struct("!Q")
@@ -40,20 +44,23 @@ _U64: Final = struct.Struct("!Q")
 
 @cache
 def _stamps(count: int) -> struct.Struct:
-    """Bytes 40-48 (transmit timestamp) of ``count`` consecutive 48-byte replies."""
-    return struct.Struct("!" + "Q40x" * (count - 1) + "Q")
+    """``count`` consecutive transmit timestamps (``mmsg.Buffers.stamps``)."""
+    return struct.Struct(f"!{count}Q")
 
 
 class Transmitter:
     """Sends reply slots 0..count-1 of one socket's buffers with sendmmsg."""
 
-    def __init__(self, fd: int, buffers: mmsg.Buffers, send_batch: int) -> None:
+    def __init__(self, fd: int, buffers: mmsg.Buffers, send_batch: int,
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self.fd = fd
+        self.clock = clock  # Unix ns; tests pass a stepped one
         self.buffers = buffers
         self.send_batch = max(1, min(send_batch, buffers.batch))
         self.step_ns = 0  # estimated cost of one message within a sendmmsg
         self.calls = 0  # sendmmsg calls made
         self.largest_group = 0  # the most messages handed to one sendmmsg
+        self.failures = 0  # messages sendmmsg could not send
 
     def send(self, count: int, counters: list[int], latest_receive_ns: int) -> None:
         """Stamp and send replies 0..count-1, in groups of at most ``send_batch``."""
@@ -62,21 +69,21 @@ class Transmitter:
         while start < count:
             size = min(group, count - start)
             # Not before a request arrived, even if the clock stepped back since (a leap).
-            now = max(time.time_ns(), latest_receive_ns)
+            now = max(self.clock(), latest_receive_ns)
             self._stamp(start, size, now)
             self._send_group(start, size, counters)
             start += size
 
     def _stamp(self, start: int, size: int, now_ns: int) -> None:
         first = ntp_timestamp(now_ns)
-        step = (self.step_ns << 32) // _NS
+        step = ((self.step_ns >> _STEP_SHIFT) << 32) // _NS
         if step == 0 or size == 1:
             values: Iterable[int] = repeat(first, size)
         elif first + step * size < _ERA:
             values = range(first, first + step * size, step)
         else:  # the group straddles the 2036 era wrap
             values = [(first + k * step) % _ERA for k in range(size)]
-        _stamps(size).pack_into(self.buffers.replies, start * mmsg.REPLY_SIZE + 40, *values)
+        _stamps(size).pack_into(self.buffers.stamps, start * mmsg.STAMP_SIZE, *values)
 
     def _send_group(self, start: int, size: int, counters: list[int]) -> None:
         fd, sendmmsg, time_ns = self.fd, mmsg.sendmmsg, time.time_ns
@@ -98,15 +105,18 @@ class Transmitter:
             else:
                 sent = 0
             counters[SEND_ERRORS] += 1
+            self.failures += 1
             at += (sent + 1) * mmsg.MMSG_SIZE
             remaining -= sent + 1
 
     def _learn(self, cost_ns: int) -> None:
+        if cost_ns > MAX_STEP_NS:
+            return  # the call was preempted, or ran cold: not the cost of a message
         step = self.step_ns
         if cost_ns <= step:
             self.step_ns = cost_ns
         else:
-            self.step_ns = min(step + ((cost_ns - step) >> _RISE_SHIFT) + 1, MAX_STEP_NS)
+            self.step_ns = step + ((cost_ns - step) >> _RISE_SHIFT) + 1
 
 
 def send_one(
@@ -116,10 +126,11 @@ def send_one(
     address: tuple[object, ...],
     ancillary: list[tuple[int, int, bytes]],
     receive_ns: int,
+    clock: Callable[[], int] = time.time_ns,
 ) -> bool:
     """Stamp and send one reply (the plain engine): T3 is read just before the call, clamped to
     the request's receive time. False when the send failed."""
-    now = time.time_ns()
+    now = clock()
     _U64.pack_into(reply, 40, ntp_timestamp(now if now >= receive_ns else receive_ns))
     try:
         if ancillary:
