@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyresponder import mmsg, request, wholebatch, wire
+from pyresponder import mmsg, request, wholebatch
 from pyresponder.batchio import BatchSocket
 from pyresponder.plainio import PlainSocket
 from pyresponder.ratelimit import RateLimiter, RateLimitPolicy
@@ -221,7 +221,7 @@ def test_transmit_timestamp_is_never_before_receive_when_the_clock_steps_back(
     engine: str,
 ) -> None:
     """At an inserted leap second the kernel steps the clock back 1 s: T3 stays >= T2."""
-    factory = {"whole-batch": whole_batch, "per-packet": per_packet, "plain": plain}[engine]
+    factory = ENGINES[engine]
     with listening("127.0.0.1") as listener:
         port = listener.sock.getsockname()[1]
         server = factory()(listener)
@@ -261,7 +261,7 @@ def _udp_ipv4(source: str, source_port: int, destination: str, port: int, payloa
 def test_spoofed_port_0_and_broadcast_requests_cost_nobody_their_reply(
     engine: str, host: str
 ) -> None:
-    factory = {"whole-batch": whole_batch, "per-packet": per_packet, "plain": plain}[engine]
+    factory = ENGINES[engine]
     with listening(host) as listener:
         port = listener.sock.getsockname()[1]
         server = factory()(listener)

@@ -76,7 +76,7 @@ def client(family: int = socket.AF_INET, host: str = "127.0.0.1") -> socket.sock
 
 def replies(sock: socket.socket) -> list[Reply]:
     """Everything queued on a client socket, with its kernel receive times."""
-    found = []
+    found: list[Reply] = []
     while True:
         try:
             data, ancillary, _flags, source = sock.recvmsg(512, socket.CMSG_SPACE(16))

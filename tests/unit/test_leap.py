@@ -14,8 +14,9 @@ HEADER_DELETE = wire.server_header(wire.LEAP_DELETE_SECOND, 2, -20, 0.0, 0.0, b"
 HEADER_NONE = wire.server_header(wire.LEAP_NONE, 2, -20, 0.0, 0.0, b"GPS\0", 0)
 
 
-def unix_ns(*when: int) -> int:
-    return int(datetime(*when, tzinfo=UTC).timestamp()) * NS  # type: ignore[misc]
+def unix_ns(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
+            second: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()) * NS
 
 
 LEAP = unix_ns(2017, 1, 1)  # the last leap second so far was inserted before this

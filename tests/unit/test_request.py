@@ -162,7 +162,7 @@ def test_any_datagram_is_dropped_or_answered_within_its_own_length(
     if verdict < 0:
         assert out == bytes([SENTINEL]) * 200  # a drop writes nothing
         return
-    assert 48 <= len(data) and len(data) % 4 == 0  # never larger than the request
+    assert len(data) >= 48 and len(data) % 4 == 0  # never larger than the request
     assert port != 0 and reachable
     assert out[40:] == bytes([SENTINEL]) * 160  # 40 bytes + the transmitter's 8: 48
     assert out[0] & 7 in (wire.MODE_SERVER, wire.MODE_SYMMETRIC_PASSIVE)
