@@ -68,7 +68,8 @@ def test_spoofed_flood_from_many_addresses_does_not_hurt_real_clients(
         "--workers", "1", "--rate-limit", "--rate-limit-slots", "256",
     )
     responder.wait_answering(("127.0.0.1", port))
-    rss_before = _rss_kib(responder.wait_workers(1)[0])
+    # The table's memory is fixed by construction (tests/unit/test_ratelimit.py measures it);
+    # here: real clients keep their replies while the flood churns the 256 slots.
     for n in range(3000):  # 3000 source addresses in 127/8, far more than the 256 slots
         source = f"127.{1 + n // 65536}.{(n // 256) % 256}.{n % 256 or 1}"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -76,15 +77,6 @@ def test_spoofed_flood_from_many_addresses_does_not_hurt_real_clients(
             sock.sendto(ntp_request(), ("127.0.0.1", port))
     for _ in range(5):
         assert query(("127.0.0.1", port), ntp_request()) is not None
-    assert _rss_kib(responder.workers()[0]) - rss_before < 1024
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def test_rate_limiting_is_off_by_default(chronyd: Chronyd,
