@@ -46,6 +46,8 @@ _NAME_PTR: Final = struct.Struct("@P")
 _PORT: Final = struct.Struct("!H")
 _IPV4: Final = struct.Struct("!I")
 _IPV6: Final = struct.Struct("!QQ")
+_SPEC_DST_AND_ADDR: Final = struct.Struct("!II")  # in_pktinfo after ipi_ifindex
+_MULTICAST_IPV4: Final = 0xE000_0000
 _NS: Final = 1_000_000_000
 _NO_TIMESTAMP: Final = -1
 _MSG_TRUNC: Final = int(socket.MSG_TRUNC)
@@ -188,6 +190,9 @@ class BatchSocket:
         control = self.buffers.rx_control
         if self.ipv6:
             return request.unicast_destination(bytes(control[info_at : info_at + 16]))
+        local, destination = _SPEC_DST_AND_ADDR.unpack_from(control, info_at + 4)
+        if local == destination and destination < _MULTICAST_IPV4:
+            return True  # what unicast_destination says, without making bytes of them
         return request.unicast_destination(bytes(control[info_at + 8 : info_at + 12]),
                                            bytes(control[info_at + 4 : info_at + 8]))
 

@@ -88,6 +88,12 @@ def reply_mode_table() -> tuple[int, ...]:
     return tuple(table)
 
 
+_MODES: Final = reply_mode_table()
+_PACKET_LEN: Final = wire.PACKET_LEN
+_FRAC_MUL: Final = wire.FRACTION_MUL
+_FRAC_SHIFT: Final = wire.FRACTION_SHIFT
+
+
 def reply_first_bytes(leap_bits: int) -> bytes:
     """Request byte 0 -> reply byte 0 for the requests whose answer depends on nothing else;
     0 for the others (drops, NTPv1). ``leap_bits`` is the header's LI, already shifted."""
@@ -126,35 +132,6 @@ def ntp_timestamp(unix_ns: int) -> int:
                                                      >> wire.FRACTION_SHIFT)
 
 
-def fill_reply(
-    out: bytearray,
-    at: int,
-    request: bytes | bytearray | memoryview,
-    request_at: int,
-    mode: int,
-    header: bytes,
-    receive_ts: int,
-    kiss: bool = False,
-) -> None:
-    """Write bytes 0-40 of the reply to the request at ``request[request_at:]`` into ``out[at:]``.
-
-    ``header`` is the 24-byte server part from ``wire.server_header`` (leap, stratum, precision,
-    root delay and dispersion, refid, reference time). Version and poll are echoed from the
-    request and its transmit timestamp becomes the origin timestamp bit for bit, which is all a
-    data-minimized client needs. A kiss-o'-death (RFC 5905) says LI 3, stratum 0, refid "RATE".
-    """
-    first = request[request_at]
-    out[at : at + 24] = header
-    if kiss:
-        out[at] = _KISS_LEAP | (first & 0x38) | mode
-        out[at + 1] = 0
-        out[at + 12 : at + 16] = b"RATE"
-    else:
-        out[at] = (header[0] & 0xC0) | (first & 0x38) | mode
-    out[at + 2] = request[request_at + 2]
-    _HEAD.pack_into(out, at + 24, _U64.unpack_from(request, request_at + 40)[0], receive_ts)
-
-
 def respond(
     out: bytearray,
     at: int,
@@ -168,7 +145,13 @@ def respond(
     header: bytes,
     limiter: RateLimiter | None,
 ) -> int:
-    """The whole rule for one request: a verdict, and bytes 0-40 of the reply when there is one.
+    """The whole rule for one request: a verdict, and bytes 0-40 of the reply to
+    ``request[request_at:]`` in ``out[at:]`` when there is one.
+
+    ``header`` is the 24-byte server part from ``wire.server_header`` (leap, stratum, precision,
+    root delay and dispersion, refid, reference time). Version and poll are echoed from the
+    request and its transmit timestamp becomes the origin timestamp bit for bit, which is all a
+    data-minimized client needs. A kiss-o'-death (RFC 5905) says LI 3, stratum 0, refid "RATE".
 
     ``length`` is the datagram's size (0 when it was truncated), ``reachable`` whether it was
     sent to a unicast address of ours (see ``unicast_destination``), ``client`` the rate
@@ -177,14 +160,31 @@ def respond(
     """
     if source_port == 0 or not reachable:
         return DROP_UNREACHABLE
-    mode = reply_mode(request[request_at], length, source_port)
+    first = request[request_at]
+    mode = _MODES[first]  # reply_mode, as a table (the per-packet loop's hottest line)
+    if length < _PACKET_LEN or length & 3:
+        return DROP_LENGTH
     if mode < 0:
-        return mode
+        if mode != DEPENDS_ON_PORT:
+            return mode
+        mode = reply_mode(first, length, source_port)
+        if mode < 0:
+            return mode
     verdict = REPLY
     if limiter is not None:
         verdict = limiter.check(client, receive_ns / _NS)
         if verdict == DROP:
             return DROP_RATE
-    fill_reply(out, at, request, request_at, mode, header, ntp_timestamp(receive_ns),
-               verdict == REPLY_KOD)
+    # The reply; ntp_timestamp inlined: this runs for every request off the whole-batch path.
+    out[at : at + 24] = header
+    if verdict == REPLY_KOD:
+        out[at] = _KISS_LEAP | (first & 0x38) | mode
+        out[at + 1] = 0
+        out[at + 12 : at + 16] = b"RATE"
+    else:
+        out[at] = (header[0] & 0xC0) | (first & 0x38) | mode
+    out[at + 2] = request[request_at + 2]
+    seconds, nanos = divmod(receive_ns, _NS)
+    _HEAD.pack_into(out, at + 24, _U64.unpack_from(request, request_at + 40)[0],
+                    (((seconds + _EPOCH) & _MASK32) << 32) | ((nanos * _FRAC_MUL) >> _FRAC_SHIFT))
     return verdict

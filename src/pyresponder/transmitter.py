@@ -64,50 +64,58 @@ class Transmitter:
 
     def send(self, count: int, counters: list[int], latest_receive_ns: int) -> None:
         """Stamp and send replies 0..count-1, in groups of at most ``send_batch``."""
-        group = self.send_batch
+        group, stamps, clock, time_ns, sendmmsg = (
+            self.send_batch, self.buffers.stamps, self.clock, time.time_ns, mmsg.sendmmsg
+        )
+        headers_at, fd = self.buffers.tx_headers_at, self.fd
+        step = ((self.step_ns >> _STEP_SHIFT) << 32) // _NS  # in 2**-32 s units
         start = 0
         while start < count:
             size = min(group, count - start)
             # Not before a request arrived, even if the clock stepped back since (a leap).
-            now = max(self.clock(), latest_receive_ns)
-            self._stamp(start, size, now)
-            self._send_group(start, size, counters)
-            start += size
-
-    def _stamp(self, start: int, size: int, now_ns: int) -> None:
-        first = ntp_timestamp(now_ns)
-        step = ((self.step_ns >> _STEP_SHIFT) << 32) // _NS
-        if step == 0 or size == 1:
-            values: Iterable[int] = repeat(first, size)
-        elif first + step * size < _ERA:
-            values = range(first, first + step * size, step)
-        else:  # the group straddles the 2036 era wrap
-            values = [(first + k * step) % _ERA for k in range(size)]
-        _stamps(size).pack_into(self.buffers.stamps, start * mmsg.STAMP_SIZE, *values)
-
-    def _send_group(self, start: int, size: int, counters: list[int]) -> None:
-        fd, sendmmsg, time_ns = self.fd, mmsg.sendmmsg, time.time_ns
-        at = self.buffers.tx_headers_at + start * mmsg.MMSG_SIZE
-        remaining = size
-        while remaining:
+            first = ntp_timestamp(max(clock(), latest_receive_ns))
+            if step and size > 1 and first + step * size < _ERA:
+                values: Iterable[int] = range(first, first + step * size, step)
+            else:
+                values = self._stamps_slowly(first, step, size)
+            _stamps(size).pack_into(stamps, start * mmsg.STAMP_SIZE, *values)
             self.calls += 1
-            self.largest_group = max(self.largest_group, remaining)
+            self.largest_group = max(self.largest_group, size)
             before = time_ns()
-            sent = sendmmsg(fd, at, remaining, 0)
-            if sent == remaining:
+            sent = sendmmsg(fd, headers_at + start * mmsg.MMSG_SIZE, size, 0)
+            if sent == size:
+                counters[ANSWERED] += sent
                 if sent > 1:
                     self._learn((time_ns() - before) // sent)
-                counters[ANSWERED] += sent
-                return
-            # Message ``sent`` (0 when the call returned -1) failed: skip it, send the rest.
-            if sent > 0:
-                counters[ANSWERED] += sent
             else:
-                sent = 0
+                self._resume(start, size, sent, counters)
+            start += size
+
+    @staticmethod
+    def _stamps_slowly(first: int, step: int, size: int) -> Iterable[int]:
+        if step == 0 or size == 1:
+            return repeat(first, size)
+        return [(first + k * step) % _ERA for k in range(size)]  # across the 2036 era wrap
+
+    def _resume(self, start: int, size: int, sent: int, counters: list[int]) -> None:
+        """sendmmsg stopped at message ``sent`` of a group (-1: at the first): count it as a
+        send error, skip it, and send the rest of the group the same way."""
+        at = self.buffers.tx_headers_at + start * mmsg.MMSG_SIZE
+        remaining = size
+        while True:
+            sent = max(sent, 0)
+            counters[ANSWERED] += sent
             counters[SEND_ERRORS] += 1
             self.failures += 1
             at += (sent + 1) * mmsg.MMSG_SIZE
             remaining -= sent + 1
+            if not remaining:
+                return
+            self.calls += 1
+            sent = mmsg.sendmmsg(self.fd, at, remaining, 0)
+            if sent == remaining:
+                counters[ANSWERED] += sent
+                return
 
     def _learn(self, cost_ns: int) -> None:
         if cost_ns > MAX_STEP_NS:
