@@ -288,3 +288,25 @@ def test_spoofed_port_0_and_broadcast_requests_cost_nobody_their_reply(
         range(1, 641))
     if isinstance(server, BatchSocket) and host == "0.0.0.0":
         assert server.transmitter.failures == 0  # all dropped before a send was tried
+
+
+@pytest.mark.parametrize("engine", ["per-packet", "plain"])
+def test_ipv4_clients_of_a_dual_stack_socket_are_limited_each_on_its_own(engine: str) -> None:
+    """IPv4 clients of a [::] socket are ::ffff:a.b.c.d, all in one /64: each must still be a
+    client of its own, not share one bucket with every other IPv4 client."""
+    policy = RateLimitPolicy(interval=20.0, burst=3, leak=0, kod=0)
+    factory = per_packet if engine == "per-packet" else plain
+    with listening("::") as listener:
+        port = listener.sock.getsockname()[1]
+        server = factory(limiter=RateLimiter(policy))(listener)
+        clients = [client(host=f"127.0.0.{n}") for n in (1, 2, 3)]
+        try:
+            for sock in clients:
+                for n in range(6):
+                    sock.sendto(bytes([0x23]) + bytes(39) + _U64.pack(n + 1), ("127.0.0.1", port))
+            drain(server)
+            answered = [len(replies(sock)) for sock in clients]
+        finally:
+            for sock in clients:
+                sock.close()
+    assert answered == [3, 3, 3]
