@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Final
 
 _SLOT: Final = struct.Struct("=QdI4x")  # key, theoretical arrival time (s), over-limit count
+_COUNT: Final = struct.Struct("=I")
+_COUNT_AT: Final = struct.calcsize("=Qd")
 _MIX: Final = 0x9E37_79B9_7F4A_7C15  # Fibonacci hashing: spreads nearby addresses
 _MASK64: Final = (1 << 64) - 1
 _MAPPED_IPV4: Final = 0xFFFF  # ::ffff:a.b.c.d, an IPv4 client on a dual-stack socket
@@ -118,7 +120,9 @@ class RateLimiter:
             _SLOT.pack_into(self._table, at, key, arrival + self.policy.interval, limited)
             return ADMIT
         limited = (limited + 1) & 0xFFFF_FFFF
-        _SLOT.pack_into(self._table, at, key, arrival, limited)
+        # Only the count: rewriting the arrival time read above could undo another worker's
+        # admission made meanwhile, and let a flood through.
+        _COUNT.pack_into(self._table, at + _COUNT_AT, limited)
         policy = self.policy
         if policy.leak and limited % policy.leak == 0:
             return LEAK
