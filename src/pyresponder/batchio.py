@@ -92,9 +92,11 @@ class BatchSocket:
         return self.transmitter.send_batch
 
     def set_header(self, header: bytes) -> None:
-        """The server's 24-byte header for every reply (on backend state changes)."""
+        """The server's 24-byte header for every reply (on backend state changes): written into
+        every reply slot, which the per-packet loop then only patches."""
         self.header = header
         self.layout.set_header(header)
+        self.buffers.set_header(header)
 
     def drain(self, counters: list[int], leap_bits: int, rounds: int) -> None:
         """Receive and answer up to ``rounds`` batches, stopping early when the socket is empty."""
@@ -116,9 +118,9 @@ class BatchSocket:
                 self.whole_batches_answered += 1
                 self.transmitter.send(count, counters, latest)
                 return
-        self._answer_each(count, counters)
+        self._answer_each(count, counters, leap_bits)
 
-    def _answer_each(self, count: int, counters: list[int]) -> None:
+    def _answer_each(self, count: int, counters: list[int], leap_bits: int) -> None:
         """The per-packet loop: ask the request rules about each request, keep the replies in
         slots 0, 1, ..., then send them."""
         buffers = self.buffers
@@ -126,16 +128,16 @@ class BatchSocket:
         replies, tx_control, tx_headers, names = (
             buffers.replies, buffers.tx_control, buffers.tx_headers, buffers.names
         )
-        wildcard, dst_len, limiter, header = (
-            self.wildcard, buffers.dst_len, self.limiter, self.header
-        )
+        wildcard, dst_len, limiter, ipv6 = self.wildcard, buffers.dst_len, self.limiter, self.ipv6
         result_unpack, stamp_unpack, port_unpack = (
             _RESULT.unpack_from, _TIMESTAMP_CMSG.unpack_from, _PORT.unpack_from
         )
         respond, drop_counter = request.respond, _DROP_COUNTER
+        spec_and_addr = _SPEC_DST_AND_ADDR.unpack_from
         pending = 0  # replies kept so far: the next one goes into this slot
         latest = 0  # the latest receive time of a kept request (Unix ns)
         moved = False  # a reply header was changed: restore the pristine ones after the batch
+        kissed = False  # a reply slot holds a KoD: put the header back after the batch
         for i in range(count):
             controllen, flags, length = result_unpack(rx_headers, i * MMSG_SIZE + _CONTROLLEN_AT)
             if flags & _MSG_TRUNC:
@@ -152,11 +154,18 @@ class BatchSocket:
             else:
                 seconds, nanos, info_at = self._parse_control(control_at, controllen)
             receive_ns = time.time_ns() if seconds == _NO_TIMESTAMP else seconds * _NS + nanos
-            reachable = info_at < 0 or self._unicast(info_at)
+            reachable = True
+            if info_at >= 0:
+                if ipv6:
+                    reachable = self._unicast(info_at)
+                else:  # what request.unicast_destination says, without making bytes
+                    local, destination = spec_and_addr(rx_control, info_at + 4)
+                    if local != destination or destination >= _MULTICAST_IPV4:
+                        reachable = self._unicast(info_at)
             verdict = respond(
                 replies, pending * 48, requests, i * RECEIVE_SIZE, length,
                 port_unpack(names, i * NAME_SIZE + 2)[0], reachable,
-                self._client_key(i) if limiter is not None else 0, receive_ns, header, limiter,
+                self._client_key(i) if limiter is not None else 0, receive_ns, leap_bits, limiter,
             )
             if verdict < 0:
                 counters[drop_counter[verdict]] += 1
@@ -165,7 +174,9 @@ class BatchSocket:
                 counters[RATE_LIMITED] += 1
                 if verdict == _REPLY_KOD:
                     counters[KOD_SENT] += 1
-            latest = max(latest, receive_ns)
+                    kissed = True
+            if receive_ns > latest:  # noqa: PLR1730 (a compare is cheaper than max())
+                latest = receive_ns
             slot = pending
             if slot != i:
                 _NAME_PTR.pack_into(tx_headers, slot * MMSG_SIZE + mmsg.NAME_AT,
@@ -184,15 +195,14 @@ class BatchSocket:
             self.transmitter.send(pending, counters, latest)
         if moved:
             tx_headers[:] = buffers.tx_pristine
+        if kissed:
+            buffers.set_header(self.header)
 
     def _unicast(self, info_at: int) -> bool:
         """Whether the request behind this PKTINFO was sent to a unicast address of ours."""
         control = self.buffers.rx_control
         if self.ipv6:
             return request.unicast_destination(bytes(control[info_at : info_at + 16]))
-        local, destination = _SPEC_DST_AND_ADDR.unpack_from(control, info_at + 4)
-        if local == destination and destination < _MULTICAST_IPV4:
-            return True  # what unicast_destination says, without making bytes of them
         return request.unicast_destination(bytes(control[info_at + 8 : info_at + 12]),
                                            bytes(control[info_at + 4 : info_at + 8]))
 

@@ -46,9 +46,10 @@ class PlainSocket:
 
     def set_header(self, header: bytes) -> None:
         self.header = header
+        self._reply[:24] = header  # the template request.respond patches
 
     def drain(self, counters: list[int], leap_bits: int, rounds: int) -> None:
-        sock, wildcard, header, limiter = self.sock, self.wildcard, self.header, self.limiter
+        sock, wildcard, limiter = self.sock, self.wildcard, self.limiter
         buffer, buffers, reply = self._request, self._request_buffers, self._reply
         for _ in range(rounds * self.batch):
             try:
@@ -72,10 +73,9 @@ class PlainSocket:
                     reachable, route = _route(level, kind, data)
             if not receive_ns:
                 receive_ns = time.time_ns()
-            verdict = request.respond(
-                reply, 0, buffer, 0, length, address[1], reachable,
-                client_key(address[0]) if limiter is not None else 0, receive_ns, header, limiter,
-            )
+            client = client_key(address[0]) if limiter is not None else 0
+            verdict = request.respond(reply, 0, buffer, 0, length, address[1], reachable, client,
+                                      receive_ns, leap_bits, limiter)
             if verdict < 0:
                 counters[request.DROP_COUNTER[verdict]] += 1
                 continue
@@ -88,6 +88,8 @@ class PlainSocket:
                 counters[ANSWERED] += 1
             else:
                 counters[SEND_ERRORS] += 1
+            if verdict == request.REPLY_KOD:
+                reply[:24] = self.header
 
 
 def client_key(host: str) -> int:

@@ -142,16 +142,18 @@ def respond(
     reachable: bool,
     client: int,
     receive_ns: int,
-    header: bytes,
+    leap_bits: int,
     limiter: RateLimiter | None,
 ) -> int:
     """The whole rule for one request: a verdict, and bytes 0-40 of the reply to
     ``request[request_at:]`` in ``out[at:]`` when there is one.
 
-    ``header`` is the 24-byte server part from ``wire.server_header`` (leap, stratum, precision,
-    root delay and dispersion, refid, reference time). Version and poll are echoed from the
-    request and its transmit timestamp becomes the origin timestamp bit for bit, which is all a
-    data-minimized client needs. A kiss-o'-death (RFC 5905) says LI 3, stratum 0, refid "RATE".
+    ``out[at:at + 24]`` must hold the server's 24-byte header (``wire.server_header``: leap,
+    stratum, precision, root delay and dispersion, refid, reference time) with the leap bits
+    ``leap_bits``: the engines keep their reply slots as templates and only patch them. Version
+    and poll are echoed from the request and its transmit timestamp becomes the origin timestamp
+    bit for bit, which is all a data-minimized client needs. A kiss-o'-death (RFC 5905) says LI 3,
+    stratum 0, refid "RATE" (verdict ``REPLY_KOD``): the engine puts its header back afterwards.
 
     ``length`` is the datagram's size (0 when it was truncated), ``reachable`` whether it was
     sent to a unicast address of ours (see ``unicast_destination``), ``client`` the rate
@@ -176,13 +178,12 @@ def respond(
         if verdict == DROP:
             return DROP_RATE
     # The reply; ntp_timestamp inlined: this runs for every request off the whole-batch path.
-    out[at : at + 24] = header
     if verdict == REPLY_KOD:
         out[at] = _KISS_LEAP | (first & 0x38) | mode
         out[at + 1] = 0
         out[at + 12 : at + 16] = b"RATE"
     else:
-        out[at] = (header[0] & 0xC0) | (first & 0x38) | mode
+        out[at] = leap_bits | (first & 0x38) | mode
     out[at + 2] = request[request_at + 2]
     seconds, nanos = divmod(receive_ns, _NS)
     _HEAD.pack_into(out, at + 24, _U64.unpack_from(request, request_at + 40)[0],

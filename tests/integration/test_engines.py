@@ -310,3 +310,34 @@ def test_ipv4_clients_of_a_dual_stack_socket_are_limited_each_on_its_own(engine:
             for sock in clients:
                 sock.close()
     assert answered == [3, 3, 3]
+
+
+@pytest.mark.parametrize("engine", ["per-packet", "plain"])
+def test_a_kiss_of_death_leaves_no_trace_in_later_replies(engine: str) -> None:
+    """Reply slots are templates that a KoD patches: the next batch's replies (whatever slot
+    they land in) carry the server's header again."""
+    policy = RateLimitPolicy(interval=20.0, burst=3, leak=0, kod=1)
+    factory = per_packet if engine == "per-packet" else plain
+    with listening("127.0.0.1") as listener:
+        port = listener.sock.getsockname()[1]
+        server = factory(limiter=RateLimiter(policy))(listener)
+        flooder, other = client(host="127.0.0.3"), client(host="127.0.0.4")
+        try:
+            for burst in (range(3), range(3, 12)):  # its burst, then only KoDs in slots 0-8
+                for n in burst:
+                    flooder.sendto(bytes([0x23]) + bytes(39) + _U64.pack(n + 1),
+                                   ("127.0.0.1", port))
+                drain(server, set_header=burst.start == 0)
+            kissed = [reply.data for reply in replies(flooder)]
+            for n in range(3):
+                other.sendto(bytes([0x23]) + bytes(39) + _U64.pack(n + 1), ("127.0.0.1", port))
+            drain(server, set_header=False)
+            later = [reply.data for reply in replies(other)]
+        finally:
+            flooder.close()
+            other.close()
+    assert sum(data[12:16] == b"RATE" for data in kissed) == 9
+    assert len(later) == 3
+    for data in later:
+        assert data[1:2] + data[3:24] == HEADER[1:2] + HEADER[3:24]
+        assert data[0] == (HEADER[0] & 0xC0) | (4 << 3) | 4

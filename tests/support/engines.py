@@ -90,9 +90,12 @@ def replies(sock: socket.socket) -> list[Reply]:
         found.append(Reply(data, source[:2], stamp))
 
 
-def drain(engine: Engine, header: bytes = HEADER, rounds: int = 1000) -> list[int]:
+def drain(engine: Engine, header: bytes = HEADER, rounds: int = 1000,
+          set_header: bool = True) -> list[int]:
+    """Answer what is queued; ``set_header=False`` keeps whatever the engine was left with."""
     counters = [0] * len(COUNTER_NAMES)
-    engine.set_header(header)
+    if set_header:
+        engine.set_header(header)
     engine.drain(counters, header[0] & 0xC0, rounds)
     return counters
 
