@@ -137,15 +137,10 @@ class RateLimiter:
         return self.check(key, now) == ADMIT
 
 
-def ipv4_key(address: int) -> int:
-    """IPv4 addresses are their own keys."""
-    return address
-
-
 def ipv6_key(high: int, low: int = 0) -> int:
     """The key of an IPv6 client: its /64 (``high``, the first 64 bits), mixed and kept away
-    from the IPv4 range. An IPv4-mapped address (a dual-stack socket's IPv4 client) gets the
-    IPv4 key, so IPv4 clients do not all share the ::ffff:0:0/64 prefix."""
+    from the IPv4 range (an IPv4 address is its own key). An IPv4-mapped address (a dual-stack
+    socket's IPv4 client) gets the IPv4 key, so IPv4 clients do not all share ::ffff:0:0/64."""
     if high == 0 and low >> 32 == _MAPPED_IPV4:
         return low & 0xFFFF_FFFF
     return ((high * _MIX) & _MASK64) | (1 << 63)
