@@ -183,7 +183,8 @@ def test_unsynchronized_after_the_backend_dies_and_recovers_after_restart(
     backend = Chronyd(stratum=8).start()
     try:
         start_responder(
-            *serve_args(port, backend.port, "--workers", "2", "--backend-timeout", "2")
+            *serve_args(port, backend.port, "--workers", "2", "--backend-timeout", "2",
+                        "--holdover", "0")
         ).wait_answering(("127.0.0.1", port))
         assert is_synchronized(port)
         backend.stop(signal.SIGKILL)
@@ -291,7 +292,9 @@ def test_notify_ready_after_backend_and_stopping(chronyd: Chronyd,
             messages.append(listener.recv(4096).decode())
         ready = next(m for m in messages if "READY=1" in m)
         assert "STATUS=synchronized" in ready
-        assert is_synchronized(port)  # READY means answering, synchronized
+        # READY means the workers are forked: a query queues until one reads it.
+        answer = query(("127.0.0.1", port), ntp_request(), timeout=5)
+        assert answer is not None and answer[0][0] >> 6 != 3 and answer[0][1] != 0
         watchdog = listener.recv(4096).decode()
         while "WATCHDOG=1" not in watchdog:
             watchdog = listener.recv(4096).decode()
@@ -473,7 +476,7 @@ def test_spread_gives_each_worker_its_own_reuseport_socket(
     responder = start_responder(
         "--listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{port}",
         "--backend", f"127.0.0.1:{chronyd.port}", "--workers", "2",
-        "--worker-sockets", "spread",
+        "--worker-sockets", "spread", "--reuse-port",
     )
     responder.wait_answering(("127.0.0.1", port))
     for source_port in range(40):  # different source ports hash to both sockets
@@ -511,8 +514,18 @@ def test_require_sync_exits_instead_of_serving_unsynchronized(
         *serve_args(port, free_udp_port(), "--workers", "1", "--ready-timeout", "1",
                     "--require-sync")
     )
-    assert query(("127.0.0.1", port), ntp_request(), timeout=0.5) is None  # never a LI=3 reply
     assert responder.process is not None
+    # Only once the socket is bound can an unanswered query show that nobody serves it.
+    wait_for(lambda: "listening on" in responder.log(), 10, "the socket to be bound")
+    queries = 0
+    children: set[int] = set()
+    while responder.process.poll() is None:
+        children.update(pid for pid, _ in responder.children())
+        assert query(("127.0.0.1", port), ntp_request(), timeout=0.2) is None  # never LI=3
+        queries += 1
+    assert queries >= 2
     assert responder.process.wait(10) == 1
-    assert "--require-sync: exiting without serving" in responder.log()
-    assert "pyresponder-w" not in responder.log()  # no worker was ever started
+    log = responder.log()
+    assert "--require-sync: exiting without serving" in log
+    assert not children  # no worker was ever forked
+    assert "ready:" not in log and "READY" not in log

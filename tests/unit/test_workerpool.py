@@ -47,6 +47,7 @@ def test_a_crash_looping_worker_waits_longer_each_time_not_quantised() -> None:
         _, delay = pool.died(pool.slots[0].pid, now) or (0, -1.0)
         delays.append(delay)
         restart_at = pool.next_restart()
+        assert restart_at is not None
         assert restart_at == pytest.approx(now + delay)  # for the caller's wait deadline
         assert pool.tend(restart_at - 1e-6) == []  # not a moment early
         now = restart_at
