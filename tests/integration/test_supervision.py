@@ -55,10 +55,11 @@ def test_crash_looping_worker_backs_off_exponentially_and_stops_the_watchdog(
     delays = [delay for _, delay in found]
     assert delays[:5] == [0.1, 0.2, 0.4, 0.8, 1.6], responder.log()
     # The waits are really taken, and not rounded up to the loop's 1 s tick: the gap between
-    # two deaths is the announced delay plus the short life of a worker.
+    # two deaths is the announced delay plus the short life of a worker. (A log line is stamped
+    # a few ms after the loop's clock reading that scheduled the restart: 20 ms of slack below.)
     for (died, delay), (next_died, _) in itertools.pairwise(found):
         gap = (next_died - died).total_seconds()
-        assert delay <= gap < delay + 0.5, (delay, gap)
+        assert delay - 0.02 <= gap < delay + 0.5, (delay, gap)
 
 
 def test_second_instance_on_the_same_address_fails_with_one_clear_line(
