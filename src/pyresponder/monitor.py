@@ -1,8 +1,10 @@
 """The backend monitor: polls chronyd, keeps what it learned, and says what replies should say.
 
 It owns the poller, the ``BackendView`` (latest reply, last synchronized reply) and the state the
-workers serve; it publishes the view to the workers' shared memory and logs every change of
-state, holdover included. Time comes in as an argument (monotonic seconds).
+workers serve; it publishes the view to the workers' shared memory (when given one) and logs every
+change of state, holdover included. Time comes in as an argument (monotonic seconds). Any control
+plane can drive it: select on ``fileno()``, call ``poll_if_due``, ``receive`` and ``update``, and
+serve ``state.header``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class BackendMonitor:
-    def __init__(self, endpoint: Endpoint, policy: SyncPolicy, shared: SharedState,
+    def __init__(self, endpoint: Endpoint, policy: SyncPolicy, shared: SharedState | None,
                  poll_interval: float, now: float) -> None:
         self.endpoint = endpoint
         self.policy = policy
@@ -53,15 +55,17 @@ class BackendMonitor:
             self.remember(result)
 
     def remember(self, sample: BackendSample) -> None:
-        self.shared.record_poll(ok=True)
         self.view = remember_sample(self.view, sample, self.policy)
-        self.shared.publish(self.view)
+        if self.shared is not None:
+            self.shared.record_poll(ok=True)
+            self.shared.publish(self.view)
         if self._last_error is not None:
             log.info("backend %s answers again", self.endpoint)
             self._last_error = None
 
     def _failed(self, message: str) -> None:
-        self.shared.record_poll(ok=False)
+        if self.shared is not None:
+            self.shared.record_poll(ok=False)
         if message != self._last_error:
             log.warning("%s", message)
             self._last_error = message
