@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from . import __version__, handoff, metrics
+from . import __version__, handoff, metrics, processes
 from .control import ServiceControl
 from .endpoints import Endpoint
 from .monitor import BackendMonitor
@@ -344,8 +344,8 @@ class Supervisor:
             if pid == self.metrics_pid:
                 self.metrics_pid = 0
                 self.metrics_restart_at = now + METRICS_RESTART_DELAY
-                log.error("metrics process %s; restarting in %.0f s", _describe_status(status),
-                          METRICS_RESTART_DELAY)
+                log.error("metrics process %s; restarting in %.0f s",
+                          processes.describe_status(status), METRICS_RESTART_DELAY)
                 continue
             death = self.pool.died(pid, now)
             if death is None:
@@ -353,34 +353,15 @@ class Supervisor:
             index, delay = death
             self._record_workers()
             log.error("worker %d (pid %d) %s; restarting in %.1f s", index, pid,
-                      _describe_status(status), delay)
+                      processes.describe_status(status), delay)
             self.control.status(self._status())
 
     def _stop_children(self) -> None:
         pids = self.pool.pids()
         if self.metrics_pid:
             pids.append(self.metrics_pid)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        remaining = set(pids)
-        while remaining and time.monotonic() < deadline:
-            for pid in list(remaining):
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    done = pid
-                if done:
-                    remaining.discard(pid)
-            if remaining:
-                time.sleep(0.01)
-        for pid in remaining:
-            log.error("worker pid %d did not stop in %.0f s: killing it", pid, STOP_GRACE)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        for pid in processes.stop(pids, STOP_GRACE):
+            log.error("child pid %d did not stop in %.0f s: killed it", pid, STOP_GRACE)
         self.pool.forget()
         self.metrics_pid = 0
 
@@ -399,9 +380,3 @@ def _check_tcp_bind(endpoint: Endpoint) -> None:
         except OSError as error:
             raise OSError(error.errno, f"cannot serve metrics on {endpoint}: {error.strerror}")\
                 from None
-
-
-def _describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with status {os.waitstatus_to_exitcode(status)}"
