@@ -8,7 +8,8 @@ Holdover: when the backend stops being servable (chronyd restarting answers LI=3
 seconds, or does not answer at all), the last servable sample keeps being served for at most
 ``SyncPolicy.holdover`` seconds counted from that sample, its root dispersion growing at 15 ppm/s,
 and only while the latest offset measurement keeps the local clock within ``max_offset`` of the
-backend.
+backend. Not while the held sample announces a leap second (the workers clear an announced leap
+at the leap, which an old sample would undo).
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ def evaluate(
     anchor = view.last_synchronized
     if policy.holdover <= 0 or anchor is None:
         return unsynchronized(trouble)
+    if anchor.leap != wire.LEAP_NONE:
+        # The workers clear an announced leap at the leap; an old sample held over would bring
+        # it back. Leap announcements last a day every few years: no holdover then.
+        return unsynchronized(f"{trouble}; no holdover while a leap second is announced")
     held = now - anchor.received_at
     if held > policy.holdover:
         return unsynchronized(f"{trouble}; holdover of {policy.holdover:g} s is over")

@@ -205,3 +205,12 @@ def test_backend_synchronized_again_ends_holdover() -> None:
     state = evaluate(view, 105.0, HOLD)
     assert state.synchronized and not state.holdover
     assert state.stratum == 3
+
+
+@pytest.mark.parametrize("leap", [wire.LEAP_ADD_SECOND, wire.LEAP_DELETE_SECOND])
+def test_no_holdover_across_an_announced_leap_second(leap: int) -> None:
+    view = history(sample(leap=leap, received_at=100.0), sample(leap=3, stratum=0,
+                                                                 received_at=101.0))
+    state = evaluate(view, 101.5, HOLD)
+    assert not state.synchronized
+    assert "leap second is announced" in state.reason
