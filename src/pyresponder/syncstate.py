@@ -128,7 +128,12 @@ def evaluate(
     trouble = problem(latest, now, policy)
     if trouble is None:
         return _serve(latest, now, latest.offset, "", holdover=False)
-    anchor = view.last_synchronized
+    return _hold_over(latest, view.last_synchronized, trouble, now, policy)
+
+
+def _hold_over(latest: BackendSample, anchor: BackendSample | None, trouble: str, now: float,
+               policy: SyncPolicy) -> ServerState:
+    """Serve ``anchor`` while the backend has ``trouble``, if holdover allows it."""
     if policy.holdover <= 0 or anchor is None:
         return unsynchronized(trouble)
     if anchor.leap != wire.LEAP_NONE:
