@@ -87,7 +87,10 @@ class SharedState:
 
     # --- backend view (one writer: the supervisor) ---
 
-    def publish(self, view: BackendView) -> None:
+    def publish(self, view: BackendView | BackendSample) -> None:
+        """Make ``view`` the one readers get (a bare sample: a view without holdover anchor)."""
+        if isinstance(view, BackendSample):
+            view = BackendView(view, None)
         seq = self._seq + 1
         record = bytearray(_SLOT_SIZE)
         _RECORD.pack_into(record, 0, seq, *_sample_fields(view.latest),

@@ -40,6 +40,12 @@ def test_sample_published_before_fork_is_seen_by_child_and_updates_after_fork_to
     assert shared.sequence() == 2
 
 
+def test_a_bare_sample_is_a_view_without_anchor() -> None:
+    shared = SharedState(1)
+    shared.publish(SAMPLE)
+    assert shared.latest() == BackendView(SAMPLE, None)
+
+
 def test_round_trip_with_and_without_an_anchor() -> None:
     shared = SharedState(1)
     shared.publish(BackendView(SAMPLE, None))
