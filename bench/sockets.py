@@ -56,8 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in order:
                 port = free_udp_port()
                 listen = ["--listen", f"127.0.0.1:{port}"] * LAYOUTS[name]
-                with Responder([*listen, "--backend", f"127.0.0.1:{chronyd.port}",
-                                "--workers", "2", "--worker-sockets", name]) as responder:
+                with Responder([*listen, "--reuse-port", "--backend",
+                                f"127.0.0.1:{chronyd.port}", "--workers", "2",
+                                "--worker-sockets", name]) as responder:
                     responder.wait_answering(("127.0.0.1", port))
                     for rate in rates:
                         failed[name][rate].append(step(ntpload, port, rate, args.duration))

@@ -10,12 +10,18 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import time
 from dataclasses import dataclass
+from typing import Final
 
 from . import wire
 from .endpoints import Endpoint, resolve
+from .sockets import SCM_TIMESTAMPNS, SO_TIMESTAMPNS
 from .syncstate import BackendSample
+
+_TIMESPEC: Final = struct.Struct("@qq")
+_ANCILLARY_SIZE: Final = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,9 @@ class BackendPoller:
     def _open(self) -> socket.socket:
         sock = socket.socket(self._family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         sock.setblocking(False)
+        # The kernel's receive time: the supervisor may read the reply milliseconds late on a
+        # busy host, which would show as round trip and offset that the backend never had.
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         # Connected: the kernel drops datagrams from any other address and reports ICMP errors.
         sock.connect(self._address)
         return sock
@@ -62,15 +71,18 @@ class BackendPoller:
         result: BackendSample | PollError | None = None
         while True:
             try:
-                data = self._sock.recv(1024)
+                data, ancillary, _, _ = self._sock.recvmsg(1024, _ANCILLARY_SIZE)
             except BlockingIOError:
                 return result
             except OSError as error:
                 if error.errno == errno.ECONNREFUSED:
                     return PollError(f"backend {self.endpoint} refused (nothing listening)")
                 return PollError(f"backend {self.endpoint}: {error.strerror}")
-            received_ns = time.time_ns()
-            received_at = time.monotonic()
+            received_ns, received_at = time.time_ns(), time.monotonic()
+            kernel_ns = _kernel_timestamp(ancillary)
+            if kernel_ns:  # move both clocks back to when the reply really arrived
+                received_at -= max(received_ns - kernel_ns, 0) / 1e9
+                received_ns = kernel_ns
             sample = self._accept(data, received_ns, received_at)
             if sample is not None:
                 result = sample
@@ -98,3 +110,12 @@ class BackendPoller:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def _kernel_timestamp(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The SO_TIMESTAMPNS receive time in Unix ns, 0 when the kernel gave none."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds, nanos = _TIMESPEC.unpack_from(data)
+            return int(seconds) * 1_000_000_000 + int(nanos)
+    return 0

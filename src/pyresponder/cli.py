@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from . import __version__, metrics
 from .endpoints import Endpoint, parse_endpoint, resolve
 from .probe import probe
 from .ratelimit import RateLimitPolicy
-from .sockets import DEFAULT_RECEIVE_BUFFER
+from .sockets import DEFAULT_RECEIVE_BUFFER, MAX_RECEIVE_BUFFER
 from .supervisor import ServeConfig, Supervisor
 from .syncstate import SyncPolicy
 
@@ -25,6 +26,9 @@ EXIT_NO_ANSWER = 2
 DEFAULT_LISTEN = "[::]:123"
 DEFAULT_BACKEND = "127.0.0.1:11123"
 MAX_WORKERS = 1024
+MAX_BATCH = 1024
+MAX_COUNT = 1 << 24
+MAX_SECONDS = 86400.0  # a day: longer than any sane timeout, short enough to catch typos
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,35 +38,45 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
 
 
-def _workers(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number from 1 to {MAX_WORKERS}")
-    return int(text)
+def seconds(low: float, high: float, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: seconds in (low, high], or also exactly 0 when ``zero``."""
+
+    def convert(text: str) -> float:
+        value = _number(text)
+        if (zero and value == 0) or low < value <= high:
+            return value
+        allowed = f"more than {low:g} and at most {high:g} seconds"
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be {'0 or ' if zero else ''}{allowed}"
+        )
+
+    return convert
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) > 1 << 24:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number from 0 to {1 << 24}")
-    return int(text)
+def whole(low: int, high: int, unit: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def convert(text: str) -> int:
+        if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be a whole number{unit} from {low} to {high}"
+            )
+        return int(text)
+
+    return convert
 
 
-def _bytes(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of bytes")
-    return int(text)
-
-
-def _endpoint_type(default_port: int, require_ip: bool) -> argparse._ActionType:
+def _endpoint_type(default_port: int, require_ip: bool) -> Callable[[str], Endpoint]:
     def convert(text: str) -> Endpoint:
         try:
             return parse_endpoint(text, default_port, require_ip=require_ip)
@@ -90,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
     serve = commands.add_parser(
         "serve",
         help="answer NTP requests",
@@ -98,10 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
             "Answer NTP requests with several worker processes. Sockets come from systemd "
             "socket activation (LISTEN_FDS) when present; --listen binds more (or, without "
             "systemd, all) of them. Replies say 'unsynchronized' (LI=3, stratum 0) whenever the "
-            "backend is silent, unsynchronized, or too far from the local clock."
+            "backend is silent, unsynchronized, or too far from the local clock (after "
+            "--holdover)."
         ),
     )
-    serve.add_argument(
+    _add_listen_options(serve)
+    add_backend_options(serve)
+    _add_worker_options(serve)
+    _add_rate_limit_options(serve)
+    _add_metrics_options(serve)
+    _add_control_options(serve)
+    _add_probe_command(commands)
+    return parser
+
+
+def _add_listen_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("sockets")
+    group.add_argument(
         "--listen",
         action="append",
         type=_endpoint_type(123, require_ip=True),
@@ -109,104 +135,181 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"address to bind (repeatable); default {DEFAULT_LISTEN} (dual-stack) when "
         "systemd passes no sockets",
     )
-    serve.add_argument(
-        "--backend",
-        type=_endpoint_type(11123, require_ip=False),
-        default=parse_endpoint(DEFAULT_BACKEND, 11123),
-        metavar="HOST:PORT",
-        help=f"the chronyd to take time state from (default {DEFAULT_BACKEND})",
-    )
-    serve.add_argument(
-        "--workers",
-        type=_workers,
-        default=None,
-        metavar="N",
-        help=f"worker processes (default: usable CPUs, here {usable_cpus()})",
-    )
-    serve.add_argument(
-        "--backend-timeout",
-        type=_positive_float,
-        default=10.0,
-        metavar="S",
-        help="serve unsynchronized after the backend is silent this long (default 10)",
-    )
-    serve.add_argument(
-        "--max-offset",
-        type=_positive_float,
-        default=0.1,
-        metavar="S",
-        help="serve unsynchronized when the local clock is further than this from the "
-        "backend (default 0.1)",
-    )
-    serve.add_argument(
-        "--ready-timeout",
-        type=_positive_float,
-        default=30.0,
-        metavar="S",
-        help="start serving (unsynchronized) and report READY after this long without a "
-        "synchronized backend reply (default 30)",
-    )
-    serve.add_argument(
-        "--require-sync",
+    group.add_argument(
+        "--reuse-port",
         action="store_true",
-        help="exit with status 1 instead of serving unsynchronized when --ready-timeout "
-        "passes (for rollouts: a new instance that cannot synchronize never answers clients)",
+        help="bind --listen sockets with SO_REUSEPORT, so that several sockets (this "
+        "instance's or another's) share one address; without it a second bind fails",
     )
-    serve.add_argument(
+    group.add_argument(
         "--receive-buffer",
-        type=_bytes,
+        type=whole(0, MAX_RECEIVE_BUFFER, " of bytes"),
         default=DEFAULT_RECEIVE_BUFFER,
         metavar="BYTES",
         help="SO_RCVBUF to ask for on each socket, 0 to keep the system's (default 8 MiB)",
     )
-    serve.add_argument(
-        "--stats-interval",
-        type=float,
-        default=300.0,
-        metavar="S",
-        help="log packet counters this often, 0 for never (default 300)",
-    )
-    serve.add_argument(
-        "--io",
-        choices=("batch", "plain"),
-        default="batch",
-        help="batch: recvmmsg/sendmmsg (default); plain: one system call per datagram",
-    )
-    serve.add_argument(
-        "--batch",
-        type=_workers,
-        default=64,
-        metavar="N",
-        help="datagrams read per recvmmsg (default 64)",
-    )
-    serve.add_argument(
-        "--send-batch",
-        type=_workers,
-        default=16,
-        metavar="N",
-        help="replies per sendmmsg; larger saves CPU, smaller keeps transmit timestamps "
-        "fresher (default 16)",
-    )
-    serve.add_argument(
-        "--timestamps",
-        choices=("kernel", "user"),
-        default="kernel",
-        help="receive timestamps from the kernel (SO_TIMESTAMPNS, default) or read when a "
-        "worker gets to the packet (later under load: for measurements only)",
-    )
-    serve.add_argument(
+    group.add_argument(
         "--worker-sockets",
         choices=("shared", "spread"),
         default="shared",
         help="shared: every worker reads every socket (default); spread: with several "
         "SO_REUSEPORT sockets on one address, worker i reads only sockets i, i+N, ...",
     )
-    serve.add_argument(
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """--backend, --backend-timeout, --max-offset and --holdover (serve and xdp share them).
+
+    ``sync_policy_from_args`` turns the parsed values into a ``SyncPolicy``.
+    """
+    group = parser.add_argument_group("backend and synchronization")
+    group.add_argument(
+        "--backend",
+        type=_endpoint_type(11123, require_ip=False),
+        default=parse_endpoint(DEFAULT_BACKEND, 11123),
+        metavar="HOST:PORT",
+        help=f"the chronyd to take time state from (default {DEFAULT_BACKEND})",
+    )
+    group.add_argument(
+        "--backend-timeout",
+        type=seconds(0, MAX_SECONDS),
+        default=10.0,
+        metavar="S",
+        help="the backend counts as silent after this long without a reply (default 10)",
+    )
+    group.add_argument(
+        "--max-offset",
+        type=seconds(0, MAX_SECONDS),
+        default=0.1,
+        metavar="S",
+        help="serve unsynchronized when the local clock is further than this from the "
+        "backend (default 0.1)",
+    )
+    group.add_argument(
+        "--holdover",
+        type=seconds(0, MAX_SECONDS, zero=True),
+        default=60.0,
+        metavar="S",
+        help="when the backend turns unsynchronized or silent (a chronyd restart), keep "
+        "serving its last synchronized state, with growing root dispersion, for up to S "
+        "seconds after that state; 0 turns it off (default 60)",
+    )
+
+
+def sync_policy_from_args(args: argparse.Namespace) -> SyncPolicy:
+    """The SyncPolicy of the options ``add_backend_options`` added."""
+    return SyncPolicy(
+        backend_timeout=args.backend_timeout, max_offset=args.max_offset, holdover=args.holdover
+    )
+
+
+def _add_worker_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("workers and I/O")
+    group.add_argument(
+        "--workers",
+        type=whole(1, MAX_WORKERS),
+        default=None,
+        metavar="N",
+        help=f"worker processes (default: usable CPUs, here {usable_cpus()})",
+    )
+    group.add_argument(
+        "--io",
+        choices=("batch", "plain"),
+        default="batch",
+        help="batch: recvmmsg/sendmmsg (default); plain: one system call per datagram",
+    )
+    group.add_argument(
+        "--batch",
+        type=whole(1, MAX_BATCH),
+        default=64,
+        metavar="N",
+        help="datagrams read per recvmmsg (default 64)",
+    )
+    group.add_argument(
+        "--send-batch",
+        type=whole(1, MAX_BATCH),
+        default=16,
+        metavar="N",
+        help="replies per sendmmsg; larger saves CPU, smaller keeps transmit timestamps "
+        "fresher (default 16)",
+    )
+    group.add_argument(
+        "--timestamps",
+        choices=("kernel", "user"),
+        default="kernel",
+        help="receive timestamps from the kernel (SO_TIMESTAMPNS, default) or read when a "
+        "worker gets to the packet (later under load: for measurements only)",
+    )
+
+
+def _add_rate_limit_options(serve: argparse.ArgumentParser) -> None:
+    limits = serve.add_argument_group(
+        "rate limiting (off by default)",
+        "Per client address, shared by all workers, in a fixed-size table. Many clients behind "
+        "one carrier-grade NAT share an address: keep the limits generous.",
+    )
+    limits.add_argument("--rate-limit", action="store_true", help="switch rate limiting on")
+    limits.add_argument(
+        "--rate-limit-interval", type=seconds(0, MAX_SECONDS), default=1.0, metavar="S",
+        help="sustained rate: one reply per S seconds per client (default 1)",
+    )
+    limits.add_argument(
+        "--rate-limit-burst", type=whole(1, MAX_COUNT), default=16, metavar="N",
+        help="replies a client may get in a burst (default 16)",
+    )
+    limits.add_argument(
+        "--rate-limit-leak", type=whole(0, MAX_COUNT), default=4, metavar="N",
+        help="still answer 1 in N limited requests, 0 for none (default 4)",
+    )
+    limits.add_argument(
+        "--rate-limit-kod", type=whole(0, MAX_COUNT), default=8, metavar="N",
+        help="answer 1 in N of the other limited requests with a kiss-o'-death RATE, "
+        "0 for none (default 8)",
+    )
+    limits.add_argument(
+        "--rate-limit-slots", type=whole(1, MAX_COUNT), default=65536, metavar="N",
+        help="clients tracked at most (16 bytes each; default 65536)",
+    )
+
+
+def _add_metrics_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("metrics and logs")
+    group.add_argument(
         "--metrics",
         type=_endpoint_type(9123, require_ip=True),
         default=None,
         metavar="ADDR:PORT",
         help="serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9123); off by default",
+    )
+    group.add_argument(
+        "--stats-interval",
+        type=seconds(0, MAX_SECONDS, zero=True),
+        default=300.0,
+        metavar="S",
+        help="log packet counters this often, 0 for never (default 300)",
+    )
+
+
+def _add_control_options(serve: argparse.ArgumentParser) -> None:
+    start = serve.add_argument_group("start-up")
+    start.add_argument(
+        "--ready-timeout",
+        type=seconds(0, MAX_SECONDS),
+        default=30.0,
+        metavar="S",
+        help="start serving (unsynchronized) and report READY after this long without a "
+        "synchronized backend reply (default 30)",
+    )
+    start.add_argument(
+        "--require-sync",
+        action="store_true",
+        help="exit with status 1 instead of serving unsynchronized when --ready-timeout "
+        "passes (for rollouts: a new instance that cannot synchronize never answers clients)",
+    )
+    start.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the arguments, print the effective settings and exit",
     )
     handoff_group = serve.add_argument_group(
         "socket handoff without systemd",
@@ -221,39 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="take the listening sockets from the instance whose control socket is PATH, "
         "then replace it (also on PATH, unless --control names another)",
     )
-    limits = serve.add_argument_group(
-        "rate limiting (off by default)",
-        "Per client address, shared by all workers, in a fixed-size table. Many clients behind "
-        "one carrier-grade NAT share an address: keep the limits generous.",
-    )
-    limits.add_argument("--rate-limit", action="store_true", help="switch rate limiting on")
-    limits.add_argument(
-        "--rate-limit-interval", type=_positive_float, default=1.0, metavar="S",
-        help="sustained rate: one reply per S seconds per client (default 1)",
-    )
-    limits.add_argument(
-        "--rate-limit-burst", type=_workers, default=16, metavar="N",
-        help="replies a client may get in a burst (default 16)",
-    )
-    limits.add_argument(
-        "--rate-limit-leak", type=_count, default=4, metavar="N",
-        help="still answer 1 in N limited requests, 0 for none (default 4)",
-    )
-    limits.add_argument(
-        "--rate-limit-kod", type=_count, default=8, metavar="N",
-        help="answer 1 in N of the other limited requests with a kiss-o'-death RATE, "
-        "0 for none (default 8)",
-    )
-    limits.add_argument(
-        "--rate-limit-slots", type=_count, default=65536, metavar="N",
-        help="clients tracked at most (16 bytes each; default 65536)",
-    )
-    serve.add_argument(
-        "--check-config",
-        action="store_true",
-        help="validate the arguments, print the effective settings and exit",
-    )
 
+
+def _add_probe_command(commands: argparse._SubParsersAction[_Parser]) -> None:
     probe_cmd = commands.add_parser(
         "probe",
         help="query an NTP server once",
@@ -266,13 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
         "server", type=_endpoint_type(123, require_ip=False), metavar="HOST[:PORT]"
     )
     probe_cmd.add_argument(
-        "--timeout", type=_positive_float, default=2.0, metavar="S", help="default 2"
+        "--timeout", type=seconds(0, 60), default=2.0, metavar="S", help="default 2"
     )
     probe_cmd.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The ServeConfig of parsed ``serve`` arguments; ValueError names a bad combination."""
     listen: list[Endpoint] = args.listen or []
     inherits = bool(os.environ.get("LISTEN_FDS")) or args.takeover is not None
     if not listen and not inherits:
@@ -281,10 +354,10 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         listen=tuple(listen),
         backend=args.backend,
         workers=args.workers or usable_cpus(),
-        policy=SyncPolicy(backend_timeout=args.backend_timeout, max_offset=args.max_offset),
+        policy=sync_policy_from_args(args),
         ready_timeout=args.ready_timeout,
         receive_buffer=args.receive_buffer,
-        stats_interval=max(args.stats_interval, 0.0),
+        stats_interval=args.stats_interval,
         io=args.io,
         batch=args.batch,
         send_batch=min(args.send_batch, args.batch),
@@ -294,13 +367,14 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             burst=args.rate_limit_burst,
             leak=args.rate_limit_leak,
             kod=args.rate_limit_kod,
-            slots=max(args.rate_limit_slots, 1),
+            slots=args.rate_limit_slots,
         ) if args.rate_limit else None,
         kernel_timestamps=args.timestamps == "kernel",
         require_sync=args.require_sync,
         worker_sockets=args.worker_sockets,
         control=args.control,
         takeover=args.takeover,
+        reuse_port=args.reuse_port,
     )
 
 
@@ -313,7 +387,10 @@ def _setup_logging() -> None:
 
 
 def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    config = serve_config(args)
+    try:
+        config = serve_config(args)
+    except ValueError as error:  # e.g. rate-limit settings that would refuse the pool monitor
+        parser.error(str(error))
     try:
         resolve(config.backend)
     except ValueError as error:
@@ -328,7 +405,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{' + systemd sockets' if os.environ.get('LISTEN_FDS') else ''}; "
             f"backend {config.backend}; workers {config.workers}; "
             f"backend-timeout {config.policy.backend_timeout} s; "
-            f"max-offset {config.policy.max_offset} s; ready-timeout {config.ready_timeout} s"
+            f"max-offset {config.policy.max_offset} s; holdover {config.policy.holdover} s; "
+            f"ready-timeout {config.ready_timeout} s"
         )
         return EXIT_OK
     _setup_logging()

@@ -140,3 +140,27 @@ def query_status(path: str) -> dict[str, object]:
     with _request(path, "status") as conn:
         status: dict[str, object] = json.loads(_read_line(conn, 65536))
     return status
+
+
+def replace_predecessor(path: str, control: ControlServer) -> bool:
+    """Once serving: tell the instance at ``path`` to finish and take its control path.
+
+    Never raises: the successor already serves, and stopping it now would leave fewer instances
+    serving than before. When the predecessor cannot be told, both keep serving the same sockets
+    until someone stops the old one; the log says so. True when the predecessor agreed.
+    """
+    agreed = True
+    try:
+        tell_to_finish(path)
+    except (OSError, ValueError) as error:
+        agreed = False
+        log.error("serving, but the instance at %s was not told to finish (%s): it may still "
+                  "be running beside this one; stop it by its pid", path, error)
+    try:
+        control.publish()
+    except OSError as error:
+        log.error("cannot take over the control path %s: %s", path, error)
+    else:
+        if agreed:
+            log.info("took over from the instance at %s", path)
+    return agreed

@@ -141,11 +141,15 @@ class Collector:
         yield build
 
     def _backend(self, gauge: type, counter: type) -> Iterator[object]:
-        sample = self.shared.latest()
+        view = self.shared.latest()
+        sample = view.latest
         now = time.monotonic()
-        state = evaluate(sample, now, self.policy)
+        state = evaluate(view, now, self.policy)
         yield gauge("pyresponder_synchronized", "1 when replies say synchronized",
                     value=int(state.synchronized))
+        yield gauge("pyresponder_backend_holdover",
+                    "1 while replies carry the last synchronized state because the backend is "
+                    "unsynchronized or silent (--holdover)", value=int(state.holdover))
         yield gauge("ntp_system_stratum", "Stratum served to clients", value=state.stratum)
         yield gauge("ntp_system_leap_indicator", "Leap indicator served to clients",
                     value=state.leap)

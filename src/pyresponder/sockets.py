@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -23,6 +24,7 @@ IPV6_PKTINFO: Final = socket.IPV6_PKTINFO
 SD_LISTEN_FDS_START: Final = 3
 
 DEFAULT_RECEIVE_BUFFER: Final = 8 << 20
+MAX_RECEIVE_BUFFER: Final = 1 << 30  # SO_RCVBUF is a C int that the kernel doubles
 
 
 @dataclass(slots=True)
@@ -63,17 +65,27 @@ def systemd_sockets(environ: MutableMapping[str, str] | None = None) -> list[soc
     return sockets
 
 
-def bind_endpoint(endpoint: Endpoint) -> socket.socket:
-    """A UDP socket bound to ``endpoint`` with SO_REUSEPORT; ``[::]`` is dual-stack."""
+def bind_endpoint(endpoint: Endpoint, reuse_port: bool = False) -> socket.socket:
+    """A UDP socket bound to ``endpoint``; ``[::]`` is dual-stack.
+
+    Without ``reuse_port`` a second process binding the same address fails (EADDRINUSE) instead
+    of silently taking half of the traffic, as an SO_REUSEPORT group would.
+    """
     sock = socket.socket(endpoint.family, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if endpoint.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((endpoint.host, endpoint.port))
     except OSError as error:
         sock.close()
-        raise OSError(error.errno, f"cannot listen on {endpoint}: {error.strerror}") from None
+        hint = ""
+        if error.errno == errno.EADDRINUSE:
+            hint = " (another program, or another pyresponder, holds it" + (
+                "" if reuse_port else "; --reuse-port shares it on purpose") + ")"
+        raise OSError(error.errno, f"cannot listen on {endpoint}: {error.strerror}{hint}")\
+            from None
     return sock
 
 
@@ -119,6 +131,7 @@ def open_listeners(
     endpoints: Iterable[Endpoint],
     receive_buffer: int,
     kernel_timestamps: bool = True,
+    reuse_port: bool = False,
 ) -> list[Listener]:
     """Prepare inherited sockets and bind the extra endpoints; all or nothing."""
     listeners: list[Listener] = []
@@ -126,7 +139,8 @@ def open_listeners(
         for sock in inherited:
             listeners.append(prepare(sock, receive_buffer, kernel_timestamps))
         for endpoint in endpoints:
-            listeners.append(prepare(bind_endpoint(endpoint), receive_buffer, kernel_timestamps))
+            sock = bind_endpoint(endpoint, reuse_port)
+            listeners.append(prepare(sock, receive_buffer, kernel_timestamps))
     except OSError:
         for listener in listeners:
             listener.sock.close()

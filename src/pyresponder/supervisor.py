@@ -1,4 +1,9 @@
-"""The supervisor: owns the sockets, polls the backend, forks and tends the workers.
+"""The supervisor: owns the sockets and runs the loop that drives the daemon's parts.
+
+The parts each have one job: ``monitor.BackendMonitor`` (poll chronyd, decide the served state,
+holdover), ``workerpool.WorkerPool`` (which workers run, restart backoff), ``control.
+ServiceControl`` (sd_notify: READY, STATUS, the watchdog gated on live workers) and ``handoff``
+(sockets to and from another instance). This module forks the processes and waits on timers.
 
 Start-up order matters for zero-downtime swaps: the workers are forked only once the backend has
 given a synchronized answer (or --ready-timeout has passed), so a new instance that shares the
@@ -18,21 +23,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from . import __version__, handoff, metrics
-from .backend import BackendPoller, PollError
+from . import __version__, handoff, metrics, processes
+from .control import ServiceControl
 from .endpoints import Endpoint
-from .notify import Notifier
+from .monitor import BackendMonitor
 from .ratelimit import RateLimiter, RateLimitPolicy
 from .shared import SharedState
 from .sockets import DEFAULT_RECEIVE_BUFFER, Listener, open_listeners, systemd_sockets
-from .syncstate import BackendSample, ServerState, SyncPolicy, evaluate
+from .syncstate import SyncPolicy
 from .worker import Worker, become_child, counter_summary
+from .workerpool import WorkerPool
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE: Final = 5.0  # seconds a worker gets to finish before SIGKILL
-RESTART_BACKOFF_MAX: Final = 5.0
-QUICK_DEATH: Final = 1.0  # a worker that dies sooner than this after its start is crash-looping
+METRICS_RESTART_DELAY: Final = 1.0
+LONGEST_WAIT: Final = 1.0  # the loop looks at its timers at least this often
+# Tests only: a worker exits with this status right after the fork (a crash loop on demand).
+CRASH_WORKERS_ENV: Final = "PYRESPONDER_TEST_CRASH_WORKERS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +63,7 @@ class ServeConfig:
     worker_sockets: str = "shared"  # or "spread": worker i reads sockets i, i+N, ...
     control: str | None = None  # Unix socket path that hands our sockets to a successor
     takeover: str | None = None  # control socket of the instance to take the sockets from
-
-
-@dataclass(slots=True)
-class _Slot:
-    pid: int = 0
-    started_at: float = 0.0
-    restart_at: float = 0.0
-    quick_deaths: int = 0
+    reuse_port: bool = False  # SO_REUSEPORT on --listen sockets (several sockets on one port)
 
 
 @dataclass(slots=True)
@@ -73,24 +74,22 @@ class _Signals:
 
 
 class Supervisor:
+    """Wires the parts together and runs the loop: sockets, backend monitor, workers, control."""
+
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.notifier = Notifier()
+        self.control = ServiceControl()
         self.signals = _Signals()
-        self.slots = [_Slot() for _ in range(config.workers)]
+        self.pool = WorkerPool(config.workers, self._fork_worker)
         self.shared = SharedState(config.workers)  # resized once the sockets are known
         self.listeners: list[Listener] = []
-        self.worker_restarts = 0
         self.metrics_pid = 0
         self.metrics_restart_at = 0.0
         # Created before any fork: the workers share its table.
         self.limiter = RateLimiter(config.rate_limit) if config.rate_limit else None
-        self.control: handoff.ControlServer | None = None
-        self.awaiting_takeover = config.takeover is not None
-        self.state: ServerState | None = None
-        self.sample: BackendSample | None = None
+        self.handoff: handoff.ControlServer | None = None
+        self.monitor: BackendMonitor | None = None
         self.ready = False
-        self.last_poll_error: str | None = None
 
     # --- life cycle ---
 
@@ -98,9 +97,9 @@ class Supervisor:
         inherited = systemd_sockets()
         if self.config.takeover is not None:
             inherited += handoff.fetch_sockets(self.config.takeover)
-        endpoints = self.config.listen
         self.listeners = open_listeners(
-            inherited, endpoints, self.config.receive_buffer, self.config.kernel_timestamps
+            inherited, self.config.listen, self.config.receive_buffer,
+            self.config.kernel_timestamps, reuse_port=self.config.reuse_port,
         )
         if not self.listeners:
             raise ValueError("nothing to listen on: no --listen and no sockets from systemd")
@@ -109,18 +108,19 @@ class Supervisor:
             _check_tcp_bind(self.config.metrics)
         control_path = self.config.control or self.config.takeover
         if control_path is not None:
-            self.control = handoff.ControlServer(
+            self.handoff = handoff.ControlServer(
                 control_path, self._hand_over, self._describe, self._finish
             )
-            if not self.awaiting_takeover:
-                self.control.publish()
+            if self.config.takeover is None:
+                self.handoff.publish()
         log.info(
             "listening on %s; backend %s; %d workers",
             ", ".join(listener.name for listener in self.listeners),
             self.config.backend,
             self.config.workers,
         )
-        poller = BackendPoller(self.config.backend)
+        self.monitor = BackendMonitor(self.config.backend, self.config.policy, self.shared,
+                                      self.config.poll_interval, time.monotonic())
         wake_read, wake_write = socket.socketpair()
         wake_read.setblocking(False)
         wake_write.setblocking(False)
@@ -129,14 +129,14 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         try:
-            self._loop(poller, wake_read)
+            self._loop(self.monitor, wake_read)
         finally:
-            self.notifier.send(STOPPING=1, STATUS="stopping")
-            self._stop_workers()
+            self.control.stopping()
+            self._stop_children()
             signal.set_wakeup_fd(-1)
-            poller.close()
-            if self.control is not None:
-                self.control.close()
+            self.monitor.close()
+            if self.handoff is not None:
+                self.handoff.close()
             wake_read.close()
             wake_write.close()
             for listener in self.listeners:
@@ -151,156 +151,106 @@ class Supervisor:
             self.signals.stop = True
             self.signals.names.append(signal.Signals(signum).name)
 
-    def _loop(self, poller: BackendPoller, wake: socket.socket) -> None:
+    def _loop(self, monitor: BackendMonitor, wake: socket.socket) -> None:
         config = self.config
         started = time.monotonic()
-        next_poll = started
-        next_watchdog = started
         next_stats = started + config.stats_interval
         while not self.signals.stop:
             now = time.monotonic()
-            if now >= next_poll:
-                if poller.awaiting_reply:
-                    self._poll_failed(f"no reply from backend {config.backend} in time")
-                error = poller.send_request()
-                if error is not None:
-                    self._poll_failed(error.message)
-                next_poll = max(next_poll + config.poll_interval, now)
-            self._update_state(now)
-            synchronized = self.state is not None and self.state.synchronized
+            monitor.poll_if_due(now)
+            if monitor.update(now):
+                self.control.status(self._status())
+            state = monitor.state
+            synchronized = state is not None and state.synchronized
             if not self.ready and (synchronized or now - started >= config.ready_timeout):
                 if not synchronized and config.require_sync:
-                    reason = self.state.reason if self.state else "no state"
+                    reason = state.reason if state else "no state"
                     raise RuntimeError(
                         f"not synchronized within --ready-timeout {config.ready_timeout:g} s "
                         f"({reason}); --require-sync: exiting without serving"
                     )
-                self._become_ready()
+                self._become_ready(now)
             if self.signals.children:
                 self.signals.children = False
                 self._reap(now)
             if self.ready:
                 self._tend_workers(now)
-            metrics_due = not self.metrics_pid and now >= self.metrics_restart_at
-            if config.metrics is not None and metrics_due:
-                self._spawn_metrics(config.metrics)
-            interval = self.notifier.watchdog_interval
-            if interval is not None and now >= next_watchdog:
-                self.notifier.send(WATCHDOG=1)
-                next_watchdog = now + interval
+            if config.metrics is not None and not self.metrics_pid \
+                    and now >= self.metrics_restart_at:
+                self._spawn_metrics(config.metrics, now)
+            # Before READY the wait for the backend is on purpose; after it, only live workers
+            # make the service work.
+            self.control.watchdog(now, working=not self.ready or self.pool.healthy(now))
             if config.stats_interval > 0 and now >= next_stats:
                 log.info("served: %s", counter_summary(self.shared.totals()))
                 next_stats = now + config.stats_interval
-            deadline = min(next_poll, next_watchdog if interval is not None else next_poll)
-            if not self.ready:
-                deadline = min(deadline, started + config.ready_timeout)
-            timeout = max(0.0, min(deadline - time.monotonic(), 1.0))
-            watched = [poller.fileno(), wake.fileno()]
-            if self.control is not None:
-                watched.append(self.control.fileno())
+            timeout = self._wait_time(time.monotonic(), started)
+            watched = [monitor.fileno(), wake.fileno()]
+            if self.handoff is not None:
+                watched.append(self.handoff.fileno())
             readable, _, _ = select.select(watched, [], [], timeout)
-            if self.control is not None and self.control.fileno() in readable:
-                self.control.handle()
+            if self.handoff is not None and self.handoff.fileno() in readable:
+                self.handoff.handle()
             if wake.fileno() in readable:
                 with contextlib.suppress(OSError):
                     wake.recv(4096)
-            if poller.fileno() in readable:
-                self._handle_reply(poller.receive())
+            if monitor.fileno() in readable:
+                monitor.receive()
         log.info("received %s, shutting down", "/".join(self.signals.names) or "stop")
 
-    # --- backend state ---
-
-    def _handle_reply(self, result: BackendSample | PollError | None) -> None:
-        if isinstance(result, PollError):
-            self._poll_failed(result.message)
-        elif result is not None:
-            self.shared.record_poll(ok=True)
-            self.shared.publish(result)
-            self.sample = result
-            if self.last_poll_error is not None:
-                log.info("backend %s answers again", self.config.backend)
-                self.last_poll_error = None
-
-    def _poll_failed(self, message: str) -> None:
-        self.shared.record_poll(ok=False)
-        if message != self.last_poll_error:
-            log.warning("%s", message)
-            self.last_poll_error = message
-
-    def _update_state(self, now: float) -> None:
-        state = evaluate(self.sample, now, self.config.policy)
-        previous = self.state
-        self.state = state
-        changed = (
-            previous is None
-            or previous.synchronized != state.synchronized
-            or previous.stratum != state.stratum
-            or previous.leap != state.leap
-        )
-        if not changed:
-            return
-        if previous is None and not state.synchronized:
-            log.info("waiting for backend %s: %s", self.config.backend, state.reason)
-        elif state.synchronized:
-            offset = self.sample.offset if self.sample else 0.0
-            log.info("synchronized: %s, local clock offset %+.6f s", state.reason, offset)
+    def _wait_time(self, now: float, started: float) -> float:
+        """Seconds until the next timer: backend poll, worker restart, watchdog, ready."""
+        assert self.monitor is not None
+        deadlines = [self.monitor.next_poll, now + LONGEST_WAIT]
+        if self.ready:
+            restart = self.pool.next_restart()
+            if restart is not None:
+                deadlines.append(restart)
+            healthy_at = self.pool.next_healthy(now)
+            if healthy_at is not None:
+                deadlines.append(healthy_at)
+            if self.pool.healthy(now) and (ping := self.control.next_ping()) is not None:
+                deadlines.append(ping)
         else:
-            log.warning("unsynchronized: %s; replies say LI=3 stratum 0", state.reason)
-        self.notifier.send(STATUS=self._status())
+            deadlines.append(started + self.config.ready_timeout)
+            if (ping := self.control.next_ping()) is not None:
+                deadlines.append(ping)
+        if self.config.metrics is not None and not self.metrics_pid:
+            deadlines.append(self.metrics_restart_at)
+        return max(0.0, min(deadlines) - now)
 
     def _status(self) -> str:
-        state = self.state
-        running = sum(1 for slot in self.slots if slot.pid)
-        sync = f"synchronized, {state.reason}" if state and state.synchronized else (
-            f"unsynchronized ({state.reason})" if state else "starting"
-        )
-        return f"{sync}; {running}/{len(self.slots)} workers"
+        state = self.monitor.state if self.monitor else None
+        if state is None:
+            sync = "starting"
+        elif state.synchronized:
+            sync = f"synchronized, {state.reason}"
+        else:
+            sync = f"unsynchronized ({state.reason})"
+        return f"{sync}; {self.pool.running}/{self.config.workers} workers"
 
     # --- workers ---
 
-    def _become_ready(self) -> None:
+    def _become_ready(self, now: float) -> None:
         self.ready = True
-        for index in range(len(self.slots)):
-            self._spawn(index, time.monotonic())
-        self.notifier.send(READY=1, STATUS=self._status(), MAINPID=os.getpid())
+        self.pool.start_all(now)
+        self._record_workers()
+        self.control.ready(self._status(), os.getpid())
         log.info("ready: %s", self._status())
-        if self.config.takeover is not None and self.control is not None:
+        if self.config.takeover is not None and self.handoff is not None:
             # Serving now, side by side with the predecessor: let it go.
-            handoff.tell_to_finish(self.config.takeover)
-            self.control.publish()
-            self.awaiting_takeover = False
-            log.info("took over from the instance at %s", self.config.takeover)
+            handoff.replace_predecessor(self.config.takeover, self.handoff)
 
-    # --- control socket ---
-
-    def _hand_over(self) -> tuple[list[str], list[int]]:
-        return (
-            [listener.name for listener in self.listeners],
-            [listener.sock.fileno() for listener in self.listeners],
-        )
-
-    def _describe(self) -> dict[str, object]:
-        state = self.state
-        return {
-            "pid": os.getpid(),
-            "version": __version__,
-            "synchronized": bool(state and state.synchronized),
-            "state": state.reason if state else "starting",
-            "workers": sum(1 for slot in self.slots if slot.pid),
-            "listeners": [listener.name for listener in self.listeners],
-        }
-
-    def _finish(self) -> None:
-        self.signals.stop = True
-        self.signals.names.append("takeover")
-
-    def _spawn(self, index: int, now: float) -> None:
+    def _fork_worker(self, index: int) -> int:
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
-                self.notifier.close()
+                self.control.close()
+                crash = os.environ.get(CRASH_WORKERS_ENV, "")
+                if crash.isdigit():
+                    os._exit(int(crash))
                 config = self.config
                 code = Worker(
                     index, self.listeners, self.shared, config.policy, parent,
@@ -313,31 +263,59 @@ class Supervisor:
             finally:
                 logging.shutdown()
                 os._exit(code)
-        slot = self.slots[index]
-        slot.pid, slot.started_at, slot.restart_at = pid, now, 0.0
-        self._record_workers()
+        return pid
 
     def _tend_workers(self, now: float) -> None:
-        for index, slot in enumerate(self.slots):
-            if not slot.pid and now >= slot.restart_at:
-                self._spawn(index, now)
-                self.worker_restarts += 1
-                self._record_workers()
-                log.info("worker %d restarted as pid %d", index, self.slots[index].pid)
-                self.notifier.send(STATUS=self._status())
+        started = self.pool.tend(now)
+        for index in started:
+            log.info("worker %d restarted as pid %d", index, self.pool.slots[index].pid)
+        if started:
+            self._record_workers()
+            self.control.status(self._status())
 
     def _record_workers(self) -> None:
-        running = sum(1 for slot in self.slots if slot.pid)
-        self.shared.record_workers(running, self.worker_restarts)
+        self.shared.record_workers(self.pool.running, self.pool.restarts)
 
-    def _spawn_metrics(self, endpoint: Endpoint) -> None:
+    # --- control socket ---
+
+    def _hand_over(self) -> tuple[list[str], list[int]]:
+        return (
+            [listener.name for listener in self.listeners],
+            [listener.sock.fileno() for listener in self.listeners],
+        )
+
+    def _describe(self) -> dict[str, object]:
+        state = self.monitor.state if self.monitor else None
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "synchronized": bool(state and state.synchronized),
+            "holdover": bool(state and state.holdover),
+            "state": state.reason if state else "starting",
+            "workers": self.pool.running,
+            "listeners": [listener.name for listener in self.listeners],
+        }
+
+    def _finish(self) -> None:
+        self.signals.stop = True
+        self.signals.names.append("takeover")
+
+    # --- metrics process ---
+
+    def _spawn_metrics(self, endpoint: Endpoint, now: float) -> None:
         sockets = [
             metrics.SocketInfo(listener.name, os.fstat(listener.sock.fileno()).st_ino)
             for listener in self.listeners
         ]
         collector = metrics.Collector(self.shared, sockets, self.config.policy,
                                       self.config.workers)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as error:
+            self.metrics_restart_at = now + METRICS_RESTART_DELAY
+            log.error("cannot start the metrics process: %s; trying again in %.0f s", error,
+                      METRICS_RESTART_DELAY)
+            return
         if pid == 0:
             code = 1
             try:
@@ -353,6 +331,8 @@ class Supervisor:
         self.metrics_pid = pid
         log.info("metrics on http://%s/metrics (pid %d)", endpoint, pid)
 
+    # --- ending ---
+
     def _reap(self, now: float) -> None:
         while True:
             try:
@@ -363,57 +343,26 @@ class Supervisor:
                 return
             if pid == self.metrics_pid:
                 self.metrics_pid = 0
-                self.metrics_restart_at = now + 1.0
-                log.error("metrics process %s; restarting in 1 s", _describe_status(status))
+                self.metrics_restart_at = now + METRICS_RESTART_DELAY
+                log.error("metrics process %s; restarting in %.0f s",
+                          processes.describe_status(status), METRICS_RESTART_DELAY)
                 continue
-            for index, slot in enumerate(self.slots):
-                if slot.pid != pid:
-                    continue
-                slot.pid = 0
-                self._record_workers()
-                if now - slot.started_at < QUICK_DEATH:
-                    slot.quick_deaths += 1
-                else:
-                    slot.quick_deaths = 0
-                delay = min(0.1 * 2**slot.quick_deaths, RESTART_BACKOFF_MAX) if (
-                    slot.quick_deaths
-                ) else 0.0
-                slot.restart_at = now + delay
-                log.error(
-                    "worker %d (pid %d) %s; restarting in %.1f s",
-                    index,
-                    pid,
-                    _describe_status(status),
-                    delay,
-                )
+            death = self.pool.died(pid, now)
+            if death is None:
+                continue
+            index, delay = death
+            self._record_workers()
+            log.error("worker %d (pid %d) %s; restarting in %.1f s", index, pid,
+                      processes.describe_status(status), delay)
+            self.control.status(self._status())
 
-    def _stop_workers(self) -> None:
-        pids = [slot.pid for slot in self.slots if slot.pid]
+    def _stop_children(self) -> None:
+        pids = self.pool.pids()
         if self.metrics_pid:
             pids.append(self.metrics_pid)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        remaining = set(pids)
-        while remaining and time.monotonic() < deadline:
-            for pid in list(remaining):
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    done = pid
-                if done:
-                    remaining.discard(pid)
-            if remaining:
-                time.sleep(0.01)
-        for pid in remaining:
-            log.error("worker pid %d did not stop in %.0f s: killing it", pid, STOP_GRACE)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-        for slot in self.slots:
-            slot.pid = 0
+        for pid in processes.stop(pids, STOP_GRACE):
+            log.error("child pid %d did not stop in %.0f s: killed it", pid, STOP_GRACE)
+        self.pool.forget()
         self.metrics_pid = 0
 
 
@@ -431,9 +380,3 @@ def _check_tcp_bind(endpoint: Endpoint) -> None:
         except OSError as error:
             raise OSError(error.errno, f"cannot serve metrics on {endpoint}: {error.strerror}")\
                 from None
-
-
-def _describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with status {os.waitstatus_to_exitcode(status)}"

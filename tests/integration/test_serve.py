@@ -14,6 +14,7 @@ import pytest
 
 from pyresponder import wire
 from tests.integration.conftest import StartResponder
+from tests.integration.test_metrics import free_tcp_port, scrape, value
 from tests.support.chronyd import Chronyd, free_udp_port
 from tests.support.responder import ntp_request, query
 
@@ -55,9 +56,30 @@ IO_MODES = pytest.mark.parametrize("io", ["batch", "plain"])
 @IO_MODES
 def test_fields_are_copied_from_chronyd(chronyd: Chronyd, start_responder: StartResponder,
                                         port: int, io: str) -> None:
-    responder = start_responder(*serve_args(port, chronyd.port, "--workers", "2", "--io", io))
+    metrics_port = free_tcp_port()
+    responder = start_responder(*serve_args(port, chronyd.port, "--workers", "2", "--io", io,
+                                            "--metrics", f"127.0.0.1:{metrics_port}"))
     responder.wait_answering(("127.0.0.1", port))
-    ours, theirs = ntplib_query(port), ntplib_query(chronyd.port)
+    for _ in range(20):
+        # Both queries between two scrapes that show the same backend sample, old enough that
+        # every worker serves it (they refresh every 0.1 s): then the expected root dispersion
+        # is exact.
+        before = scrape(metrics_port)
+        ours, theirs = ntplib_query(port), ntplib_query(chronyd.port)
+        after = scrape(metrics_port)
+        polls = "pyresponder_backend_polls_total"
+        age = value(before, "pyresponder_backend_last_reply_age_seconds")
+        if value(before, polls) == value(after, polls) and 0.15 < age < 0.8:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("no quiet moment between two backend polls")
+    delay = value(before, "pyresponder_backend_delay_seconds")
+    offset = value(before, "pyresponder_backend_offset_seconds")
+    # chronyd's own dispersion plus half the loopback round trip plus the measured offset,
+    # give or take 0.8 s of 15 ppm/s growth and the 16.16 format's rounding of both values.
+    expected = theirs.root_dispersion + delay / 2 + abs(offset)
+    assert expected - 5e-5 <= ours.root_dispersion <= expected + 5e-5
     assert ours.leap == theirs.leap == 0
     assert ours.stratum == theirs.stratum == 9
     assert ours.mode == 4
@@ -65,7 +87,6 @@ def test_fields_are_copied_from_chronyd(chronyd: Chronyd, start_responder: Start
     assert ours.ref_id == theirs.ref_id
     assert ours.ref_timestamp == pytest.approx(theirs.ref_timestamp, abs=1e-6)
     assert ours.root_delay == pytest.approx(theirs.root_delay, abs=1e-4)
-    assert ours.root_dispersion == pytest.approx(theirs.root_dispersion, abs=1e-3)
     assert abs(ours.offset) < 0.01  # the same clock chronyd disciplines
     assert ours.recv_timestamp <= ours.tx_timestamp
 
@@ -183,7 +204,8 @@ def test_unsynchronized_after_the_backend_dies_and_recovers_after_restart(
     backend = Chronyd(stratum=8).start()
     try:
         start_responder(
-            *serve_args(port, backend.port, "--workers", "2", "--backend-timeout", "2")
+            *serve_args(port, backend.port, "--workers", "2", "--backend-timeout", "2",
+                        "--holdover", "0")
         ).wait_answering(("127.0.0.1", port))
         assert is_synchronized(port)
         backend.stop(signal.SIGKILL)
@@ -291,7 +313,9 @@ def test_notify_ready_after_backend_and_stopping(chronyd: Chronyd,
             messages.append(listener.recv(4096).decode())
         ready = next(m for m in messages if "READY=1" in m)
         assert "STATUS=synchronized" in ready
-        assert is_synchronized(port)  # READY means answering, synchronized
+        # READY means the workers are forked: a query queues until one reads it.
+        answer = query(("127.0.0.1", port), ntp_request(), timeout=5)
+        assert answer is not None and answer[0][0] >> 6 != 3 and answer[0][1] != 0
         watchdog = listener.recv(4096).decode()
         while "WATCHDOG=1" not in watchdog:
             watchdog = listener.recv(4096).decode()
@@ -479,7 +503,7 @@ def test_spread_gives_each_worker_its_own_reuseport_socket(
     responder = start_responder(
         "--listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{port}",
         "--backend", f"127.0.0.1:{chronyd.port}", "--workers", "2",
-        "--worker-sockets", "spread",
+        "--worker-sockets", "spread", "--reuse-port",
     )
     responder.wait_answering(("127.0.0.1", port))
     for source_port in range(40):  # different source ports hash to both sockets
@@ -517,8 +541,18 @@ def test_require_sync_exits_instead_of_serving_unsynchronized(
         *serve_args(port, free_udp_port(), "--workers", "1", "--ready-timeout", "1",
                     "--require-sync")
     )
-    assert query(("127.0.0.1", port), ntp_request(), timeout=0.5) is None  # never a LI=3 reply
     assert responder.process is not None
+    # Only once the socket is bound can an unanswered query show that nobody serves it.
+    wait_for(lambda: "listening on" in responder.log(), 10, "the socket to be bound")
+    queries = 0
+    children: set[int] = set()
+    while responder.process.poll() is None:
+        children.update(pid for pid, _ in responder.children())
+        assert query(("127.0.0.1", port), ntp_request(), timeout=0.2) is None  # never LI=3
+        queries += 1
+    assert queries >= 2
     assert responder.process.wait(10) == 1
-    assert "--require-sync: exiting without serving" in responder.log()
-    assert "pyresponder-w" not in responder.log()  # no worker was ever started
+    log = responder.log()
+    assert "--require-sync: exiting without serving" in log
+    assert not children  # no worker was ever forked
+    assert "ready:" not in log and "READY" not in log

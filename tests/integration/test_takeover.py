@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 from pyresponder import handoff
@@ -100,3 +102,33 @@ def test_control_socket_is_private(chronyd: Chronyd, start_responder: StartRespo
         "--workers", "1", "--control", str(control),
     ).wait_answering(("127.0.0.1", port))
     assert os.stat(control).st_mode & 0o077 == 0  # it hands out sockets: owner only
+
+
+def test_successor_keeps_serving_when_the_predecessor_cannot_be_told_to_finish(
+    chronyd: Chronyd, start_responder: StartResponder, tmp_path: Path
+) -> None:
+    port = free_udp_port()
+    control = str(tmp_path / "control")
+    old = start_responder(
+        "--listen", f"127.0.0.1:{port}", "--backend", f"127.0.0.1:{chronyd.port}",
+        "--workers", "1", "--control", control,
+    )
+    old.wait_answering(("127.0.0.1", port))
+    # The successor waits 2 s for a backend that never answers; meanwhile its predecessor dies
+    # without a word, so "finish" finds nobody at the control socket.
+    successor = start_responder(
+        "--backend", f"127.0.0.1:{free_udp_port()}", "--takeover", control,
+        "--workers", "1", "--ready-timeout", "2",
+    )
+    deadline = time.monotonic() + 10
+    while "took over 1 listening sockets" not in successor.log():
+        assert time.monotonic() < deadline, successor.log()
+        time.sleep(0.05)
+    os.kill(old.pid, signal.SIGKILL)
+    assert old.process is not None
+    old.process.wait(5)
+    successor.wait_workers(1)
+    assert "was not told to finish" in successor.log()
+    assert successor.process is not None and successor.process.poll() is None
+    assert query(("127.0.0.1", port), ntp_request(), timeout=2) is not None
+    assert handoff.query_status(control)["pid"] == successor.pid  # it owns the path now

@@ -107,7 +107,10 @@ class Responder:
 
     def children(self) -> list[tuple[int, str]]:
         """(pid, process name) of every child of the supervisor."""
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            return []  # the supervisor has exited
         found = []
         for pid in map(int, children):
             try:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 import pytest
 
-from pyresponder.cli import build_parser, serve_config
+from pyresponder import cli
+from pyresponder.cli import add_backend_options, build_parser, serve_config, sync_policy_from_args
+from pyresponder.syncstate import SyncPolicy
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -27,8 +30,21 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         (["serve", "--workers", "two"], "--workers"),
         (["serve", "--listen", "example.org:123"], "not an IP address"),
         (["serve", "--listen", "::1"], "brackets"),
-        (["serve", "--backend-timeout", "-1"], "positive"),
-        (["serve", "--max-offset", "nan"], "positive"),
+        (["serve", "--backend-timeout", "-1"], "more than 0"),
+        (["serve", "--max-offset", "nan"], "not a finite number"),
+        (["serve", "--stats-interval", "nan"], "--stats-interval"),
+        (["serve", "--stats-interval", "-5"], "--stats-interval"),
+        (["serve", "--receive-buffer", "99999999999"], "--receive-buffer"),
+        (["serve", "--receive-buffer", "²"], "--receive-buffer"),
+        (["serve", "--holdover", "inf"], "--holdover"),
+        (["serve", "--holdover", "-1"], "--holdover"),
+        (["serve", "--ready-timeout", "1e9"], "--ready-timeout"),
+        (["serve", "--batch", "100000"], "--batch"),
+        (["serve", "--send-batch", "0"], "--send-batch"),
+        (["serve", "--rate-limit-slots", "0"], "--rate-limit-slots"),
+        (["serve", "--rate-limit-burst", "99999999999"], "--rate-limit-burst"),
+        (["serve", "--rate-limit-interval", "0"], "--rate-limit-interval"),
+        (["probe", "127.0.0.1", "--timeout", "1e300"], "--timeout"),
         (["serve", "--backend", "no-such-host.invalid:11123", "--check-config"], "resolve"),
         (["serve", "--bogus"], "unrecognized"),
         (["probe"], "required"),
@@ -67,3 +83,41 @@ def test_defaults() -> None:
     assert config.workers >= 1
     assert config.policy.backend_timeout == 10.0
     assert config.ready_timeout == 30.0
+
+
+def test_holdover_option_and_its_default() -> None:
+    assert serve_config(build_parser().parse_args(["serve"])).policy.holdover == 60.0
+    config = serve_config(build_parser().parse_args(["serve", "--holdover", "0"]))
+    assert config.policy.holdover == 0.0
+    result = run("serve", "--check-config", "--listen", "127.0.0.1:9999", "--holdover", "3")
+    assert "holdover 3.0 s" in result.stdout
+
+
+def test_backend_options_are_reusable_by_another_subcommand() -> None:
+    """What `pyresponder xdp` builds on: the same options, the same SyncPolicy."""
+    parser = argparse.ArgumentParser()
+    add_backend_options(parser)
+    args = parser.parse_args(["--backend", "127.0.0.1:4000", "--holdover", "5",
+                              "--max-offset", "0.05", "--backend-timeout", "3"])
+    assert sync_policy_from_args(args) == SyncPolicy(backend_timeout=3.0, max_offset=0.05,
+                                                     holdover=5.0)
+    assert str(args.backend) == "127.0.0.1:4000"
+
+
+def test_reuse_port_is_off_unless_asked() -> None:
+    assert not serve_config(build_parser().parse_args(["serve"])).reuse_port
+    assert serve_config(build_parser().parse_args(["serve", "--reuse-port"])).reuse_port
+
+
+def test_config_errors_from_building_policies_are_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    def refuse(**_: object) -> None:
+        raise ValueError("--rate-limit-burst 1 would refuse the pool monitor")
+
+    monkeypatch.setattr(cli, "RateLimitPolicy", refuse)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "--rate-limit", "--check-config"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["pyresponder: error: --rate-limit-burst 1 would refuse the pool monitor"]

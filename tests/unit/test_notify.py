@@ -41,3 +41,17 @@ def test_watchdog_interval_is_half_the_deadline() -> None:
     notifier = Notifier({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())})
     assert notifier.watchdog_interval == 2.0
     assert Notifier({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+
+
+def test_successor_survives_a_predecessor_that_cannot_be_told(tmp_path: Path) -> None:
+    """handoff.replace_predecessor logs instead of raising, and takes the control path."""
+    from pyresponder import handoff  # noqa: PLC0415
+
+    path = str(tmp_path / "control")
+    Path(path).touch()  # a stale file where the predecessor's socket was: nobody listens
+    server = handoff.ControlServer(path, lambda: ([], []), dict, lambda: None)
+    try:
+        assert handoff.replace_predecessor(path, server) is False
+        assert Path(path).is_socket()
+    finally:
+        server.close()
