@@ -41,8 +41,8 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
 
 
 class Prometheus:
-    """A Prometheus scraping ``targets`` (job "pyresponder") every ``interval`` seconds and
-    evaluating ``rule_files`` at the same interval."""
+    """A Prometheus scraping ``targets`` (job "pyresponder"; or the targets in a ``file_sd`` file)
+    every ``interval`` seconds and evaluating ``rule_files`` at the same interval."""
 
     def __init__(
         self,
@@ -51,8 +51,10 @@ class Prometheus:
         interval: float = 1.0,
         job: str = "pyresponder",
         binary: str | None = None,
+        file_sd: Path | None = None,
     ) -> None:
         self.targets = list(targets)
+        self.file_sd = file_sd
         self.rule_files = [Path(path).resolve() for path in rule_files]
         self.interval = interval
         self.job = job
@@ -76,6 +78,9 @@ class Prometheus:
             "rule_files": [str(path) for path in self.rule_files],
             "scrape_configs": [
                 {"job_name": self.job, "static_configs": [{"targets": self.targets}]}
+                if self.file_sd is None else
+                {"job_name": self.job, "file_sd_configs": [{"files": [str(self.file_sd)],
+                                                            "refresh_interval": "1s"}]}
             ],
         }
         return json.dumps(config, indent=2)
@@ -136,8 +141,9 @@ class Prometheus:
         alerts: list[dict[str, Any]] = self.api("alerts")["alerts"]
         return alerts
 
-    def targets_health(self) -> list[str]:
-        return [target["health"] for target in self.api("targets")["activeTargets"]]
+    def active_targets(self) -> list[dict[str, Any]]:
+        targets: list[dict[str, Any]] = self.api("targets")["activeTargets"]
+        return targets
 
     def log(self) -> str:
         path = self.workdir / "prometheus.log"
