@@ -10,6 +10,7 @@ chronyd must turn PyresponderBackendSilent pending.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import socket
 import threading
@@ -110,6 +111,15 @@ def test_dashboard_rules_and_alerts_on_a_live_responder(
         )
         responder.wait_answering(("127.0.0.1", port))
         traffic(("127.0.0.1", port))
+
+        # PyresponderBothColoursRunning relies on each scrape being a new connection (the kernel
+        # picks a colour per connection): the endpoint must not keep connections alive.
+        connection = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=5)
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        response.read()
+        assert response.will_close
+        connection.close()
 
         # Every metric a panel, a recording rule or an alert names is scraped or recorded.
         live = scraped_names(metrics_port)
