@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import StartResponder
@@ -47,11 +48,11 @@ def scraped_names(port: int) -> set[str]:
             for sample in family.samples}
 
 
-def alert_rule_exprs() -> list[str]:
-    import yaml  # noqa: PLC0415 (only this test reads the alerts)
-
+def alert_rule_exprs() -> dict[str, str]:
+    """alert name -> expression, from the shipped rules."""
     groups = yaml.safe_load(RULES.read_text())["groups"]
-    return [str(rule["expr"]) for group in groups for rule in group["rules"] if "alert" in rule]
+    return {str(rule["alert"]): str(rule["expr"])
+            for group in groups for rule in group["rules"] if "alert" in rule}
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -130,7 +131,7 @@ def test_dashboard_rules_and_alerts_on_a_live_responder(
         for record, expr in recorded.items():
             for name in metric_names(expr):
                 named.setdefault(name, set()).add(f"recording rule {record}")
-        for expr in alert_rule_exprs():
+        for expr in alert_rule_exprs().values():
             for name in metric_names(expr):
                 named.setdefault(name, set()).add("an alert")
         unknown = {name: users for name, users in named.items()
@@ -175,3 +176,27 @@ def test_dashboard_rules_and_alerts_on_a_live_responder(
             assert alerts[0]["annotations"]["runbook_url"].startswith("docs/operations.md#")
             # The gauge crosses 10 s about 10 s after the last reply; scrape + evaluation add ~2 s.
             assert 9 < waited < 30, waited
+
+
+def test_both_colours_are_seen_while_they_share_the_metrics_port(
+    chronyd: Chronyd, start_responder: StartResponder
+) -> None:
+    """The signal of PyresponderBothColoursRunning on real sockets: two instances bind the metrics
+    port with SO_REUSEPORT, the kernel hands each scrape to one of them, and within a few scrapes
+    Prometheus has seen both colours; the alert's expression (without its `for:`) then holds."""
+    if find_prometheus() is None:
+        pytest.fail("prometheus is needed: run scripts/install-prometheus")
+    metrics_port = free_tcp_port()
+    for colour in ("blue", "green"):
+        port = free_udp_port()
+        responder = start_responder(
+            "--listen", f"127.0.0.1:{port}", "--backend", f"127.0.0.1:{chronyd.port}",
+            "--workers", "1", "--metrics", f"127.0.0.1:{metrics_port}",
+            env={**os.environ, "PYRESPONDER_COLOUR": colour, "PYRESPONDER_RELEASE": colour},
+        )
+        responder.wait_answering(("127.0.0.1", port))
+    expr = alert_rule_exprs()["PyresponderBothColoursRunning"]
+    with Prometheus([f"127.0.0.1:{metrics_port}"], interval=0.5) as prometheus:
+        # With a fair choice, 40 scrapes all reaching one colour has a chance of 2 in 10^12.
+        result = wait_for(partial(prometheus.query, expr), 20, "both colours seen")
+        assert float(result[0]["value"][1]) == 2
