@@ -19,6 +19,7 @@ lint:
 
 test-python:
 	bash scripts/install-chrony
+	bash scripts/install-prometheus
 	bash scripts/setup-venv test,lint,ansible
 	pytest -q -ra tests
 

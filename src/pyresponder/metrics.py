@@ -14,7 +14,7 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -62,6 +62,19 @@ def kernel_socket_stats(
                     rx_queue = int(fields[4].split(":")[1], 16)
                     found[inode] = (rx_queue, int(fields[12]))
     return found
+
+
+def instance_labels(environ: Mapping[str, str]) -> dict[str, str]:
+    """Labels of ``pyresponder_instance_info``: which colour and release this process is.
+
+    The unit template sets PYRESPONDER_COLOUR (its instance name) and the rollout's environment
+    file PYRESPONDER_RELEASE. The metrics port is shared by both colours during a swap, so a scrape
+    reaches one of them at random; counting the colours seen over a window tells whether both run.
+    """
+    return {
+        "colour": environ.get("PYRESPONDER_COLOUR", ""),
+        "release": environ.get("PYRESPONDER_RELEASE", ""),
+    }
 
 
 class Collector:
@@ -139,6 +152,11 @@ class Collector:
         build = InfoMetricFamily("pyresponder_build", "Version of pyresponder and Python")
         build.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield build
+        instance = InfoMetricFamily(
+            "pyresponder_instance", "Colour and release of this instance (from its unit)"
+        )
+        instance.add_metric([], instance_labels(os.environ))
+        yield instance
 
     def _backend(self, gauge: type, counter: type) -> Iterator[object]:
         view = self.shared.latest()
