@@ -1,4 +1,4 @@
-"""Command line: ``pyresponder serve`` and ``pyresponder probe``."""
+"""Command line: ``pyresponder serve``, ``pyresponder probe`` and ``pyresponder xdp``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .ratelimit import RateLimitPolicy
 from .sockets import DEFAULT_RECEIVE_BUFFER
 from .supervisor import ServeConfig, Supervisor
 from .syncstate import SyncPolicy
+from .xdp.command import add_xdp_command
 
 EXIT_OK = 0
 EXIT_UNSYNCHRONIZED = 1
@@ -269,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_float, default=2.0, metavar="S", help="default 2"
     )
     probe_cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    add_xdp_command(commands)
     return parser
 
 
@@ -361,4 +363,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args, parser)
+    if args.command == "xdp":
+        return int(args.run(args, parser))
     return _probe(args)
