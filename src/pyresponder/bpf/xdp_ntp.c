@@ -56,7 +56,7 @@ _Static_assert(sizeof(struct pyr_slot) == 96, "pyr_slot layout");
 enum pyr_counter {
 	C_RECEIVED = 0,  /* UDP datagrams to the port the program looked at */
 	C_ANSWERED,      /* answered here with XDP_TX */
-	C_ANSWERED_UNSYNC, /* of those, answered "unsynchronized" (state too old) */
+	C_ANSWERED_UNSYNC, /* of those, answered "unsynchronized" (LI=3) */
 	C_PASS_SHAPE,    /* not a plain 48-byte request the kernel answers (mode, version, length) */
 	C_PASS_IP,       /* IPv4 options or fragment, IPv6 extension header, not unicast */
 	C_PASS_NO_STATE, /* no time state written yet */
@@ -278,7 +278,7 @@ int pyresponder_xdp(struct xdp_md *ctx)
 	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
 
 	count(counters, C_ANSWERED);
-	if (!synchronized)
+	if ((ntp[0] >> 6) == 3) /* LI=3: too old here, or unsynchronized when written */
 		count(counters, C_ANSWERED_UNSYNC);
 	return XDP_TX;
 }

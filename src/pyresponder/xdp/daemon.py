@@ -34,6 +34,7 @@ PROGRAM_NAME: Final = "pyresponder_xdp"
 OBJECT_PATH: Final = Path(__file__).resolve().parent.parent / "bpf" / "xdp_ntp.o"
 MIN_KERNEL: Final = (6, 1)  # bpf_ktime_get_tai_ns
 SNAPSHOT_INTERVAL: Final = 1.0
+MAP_NAMES: Final = ("pyr_control", "pyr_slots", "pyr_counters")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ def tai_offset_ns() -> int:
 @dataclass
 class _Flags:
     stop: bool = False
+    replace: bool = False  # SIGHUP: swap in the program from the object file
     names: list[str] = field(default_factory=list)
 
 
@@ -93,17 +95,15 @@ class XdpDaemon:
         self.active = 0  # 0 until the first write, then 1 or 2
         self.last_poll_error: str | None = None
         self.link: XdpLink | None = None
+        self.bpf: BpfObject
 
     def run(self) -> int:
         ifindex = preflight(self.config)
-        bpf = BpfObject(self.config.object_path)
+        self.bpf = BpfObject(self.config.object_path)
         try:
-            control = bpf.map("pyr_control", maps.CONTROL.size)
-            slots = bpf.map("pyr_slots", maps.SLOT.size)
-            counter_map = bpf.map("pyr_counters", maps.COUNTERS.size, per_cpu=True)
             # Written before attaching: the program passes everything until a state exists.
-            control.update(0, maps.control_value(0, self.config.port))
-            program_fd = bpf.program_fd(PROGRAM_NAME)
+            self._map("pyr_control").update(0, maps.control_value(0, self.config.port))
+            program_fd = self.bpf.program_fd(PROGRAM_NAME)
             try:
                 self.link = attach(program_fd, ifindex, self.config.mode)
             except BpfError as error:
@@ -114,32 +114,58 @@ class XdpDaemon:
                 self.config.interface, ifindex, self.link.mode, self.config.port,
                 self.config.backend,
             )
-            self._loop(control, slots, counter_map)
+            self._loop()
         finally:
             self.notifier.send(STOPPING=1, STATUS="detaching")
             if self.link is not None:
                 self.link.close()
                 log.info("XDP program detached from %s", self.config.interface)
-            bpf.close()
+            self.bpf.close()
             if self.config.counters_file is not None:
                 with contextlib.suppress(OSError):
                     self.config.counters_file.unlink()
         return 0
 
+    def _map(self, name: str) -> BpfMap:
+        sizes = {"pyr_control": maps.CONTROL.size, "pyr_slots": maps.SLOT.size,
+                 "pyr_counters": maps.COUNTERS.size}
+        return self.bpf.map(name, sizes[name], per_cpu=name == "pyr_counters")
+
+    def replace_program(self) -> None:
+        """Load the object file again and swap it in atomically (bpf_link_update).
+
+        The new program keeps the maps (time state, counters) of the old one, so no request
+        sees a missing state and no counter restarts. Used on SIGHUP after an upgrade.
+        """
+        assert self.link is not None
+        reuse = {name: self._map(name).fd for name in MAP_NAMES}
+        new = BpfObject(self.config.object_path, reuse_maps=reuse)
+        try:
+            self.link.update(new.program_fd(PROGRAM_NAME))
+        except BaseException:
+            new.close()
+            raise
+        old, self.bpf = self.bpf, new
+        old.close()
+        log.info("XDP program replaced on %s from %s", self.config.interface,
+                 self.config.object_path)
+
     def _on_signal(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self.flags.replace = True
+            return
         self.flags.stop = True
         self.flags.names.append(signal.Signals(signum).name)
 
-    def _loop(self, control: BpfMap, slots: BpfMap, counter_map: BpfMap) -> None:
+    def _loop(self) -> None:
         config = self.config
         poller = BackendPoller(config.backend)
         wake_read, wake_write = socket.socketpair()
         wake_read.setblocking(False)
         wake_write.setblocking(False)
         signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         assert self.link is not None
         self.notifier.send(READY=1, STATUS=f"XDP on {config.interface} ({self.link.mode} mode)")
         try:
@@ -148,6 +174,13 @@ class XdpDaemon:
             next_snapshot = now
             next_watchdog = now
             while not self.flags.stop:
+                if self.flags.replace:
+                    self.flags.replace = False
+                    try:
+                        self.replace_program()
+                    except BpfError as swap_error:
+                        log.error("cannot replace the XDP program (the old one stays): %s",
+                                  swap_error)
                 now = time.monotonic()
                 if now >= next_poll:
                     if poller.awaiting_reply:
@@ -155,10 +188,10 @@ class XdpDaemon:
                     error = poller.send_request()
                     if error is not None:
                         self._poll_failed(error.message)
-                    self._write_state(control, slots, now)
+                    self._write_state(now)
                     next_poll = max(next_poll + config.poll_interval, now)
                 if now >= next_snapshot:
-                    self._write_snapshot(counter_map)
+                    self._write_snapshot()
                     next_snapshot = now + SNAPSHOT_INTERVAL
                 interval = self.notifier.watchdog_interval
                 if interval is not None and now >= next_watchdog:
@@ -180,7 +213,7 @@ class XdpDaemon:
                         if self.last_poll_error is not None:
                             log.info("backend %s answers again", config.backend)
                             self.last_poll_error = None
-                        self._write_state(control, slots, time.monotonic())
+                        self._write_state(time.monotonic())
             log.info("received %s, shutting down", "/".join(self.flags.names) or "stop")
         finally:
             signal.set_wakeup_fd(-1)
@@ -193,12 +226,13 @@ class XdpDaemon:
             log.warning("%s", message)
             self.last_poll_error = message
 
-    def _write_state(self, control: BpfMap, slots: BpfMap, now: float) -> None:
+    def _write_state(self, now: float) -> None:
         """Write the current state into the spare slot, then make it the active one."""
         if self.sample is None:
             return  # never written: the kernel passes every request to the socket path
         state = evaluate(self.sample, now, self.config.policy)
-        until = maps.valid_until(self.sample, now, self.config.policy) if state.synchronized else now
+        policy = self.config.policy
+        until = maps.valid_until(self.sample, now, policy) if state.synchronized else now
         value = maps.slot_value(maps.SlotInput(
             state=state,
             valid_until_mono_ns=int(until * maps.NS_PER_S),
@@ -207,8 +241,8 @@ class XdpDaemon:
             tai_offset_ns=tai_offset_ns(),
         ))
         spare = 2 if self.active == 1 else 1
-        slots.update(spare - 1, value)
-        control.update(0, maps.control_value(spare, self.config.port))
+        self._map("pyr_slots").update(spare - 1, value)
+        self._map("pyr_control").update(0, maps.control_value(spare, self.config.port))
         self.active = spare
         self._log_change(state)
 
@@ -223,10 +257,10 @@ class XdpDaemon:
             else:
                 log.warning("kernel replies unsynchronized: %s", state.reason)
 
-    def _write_snapshot(self, counter_map: BpfMap) -> None:
+    def _write_snapshot(self) -> None:
         if self.config.counters_file is None or self.link is None:
             return
-        totals = maps.sum_counters(counter_map.lookup_per_cpu(0))
+        totals = maps.sum_counters(self._map("pyr_counters").lookup_per_cpu(0))
         snapshot = counters.Snapshot(
             interface=self.config.interface,
             mode=self.link.mode,

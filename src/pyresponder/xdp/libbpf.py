@@ -54,6 +54,7 @@ def _load_library() -> ctypes.CDLL:
     signatures: dict[str, tuple[object, list[object]]] = {
         "bpf_object__open_file": (p, [ctypes.c_char_p, p]),
         "bpf_object__load": (i, [p]),
+        "bpf_map__reuse_fd": (i, [p, i]),
         "bpf_object__close": (None, [p]),
         "bpf_object__find_program_by_name": (p, [p, ctypes.c_char_p]),
         "bpf_object__find_map_by_name": (p, [p, ctypes.c_char_p]),
@@ -126,7 +127,9 @@ class BpfMap:
 class BpfObject:
     """A compiled BPF object file, opened and loaded into the kernel (maps created, verified)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reuse_maps: dict[str, int] | None = None) -> None:
+        """Open and load ``path``; ``reuse_maps`` (name -> fd) keeps those maps of a loaded
+        object instead of creating new ones, so a replacement program sees the same state."""
         lib = library()
         if not path.is_file():
             raise BpfError(f"{path} is missing: the XDP program was not built "
@@ -138,6 +141,11 @@ class BpfObject:
             raise BpfError(f"cannot open BPF object {path}: {os.strerror(code)}")
         self._handle: int | None = handle
         try:
+            for name, fd in (reuse_maps or {}).items():
+                found = lib.bpf_object__find_map_by_name(handle, name.encode())
+                if not found:
+                    raise BpfError(f"map {name} not found in the new BPF object")
+                _check(lib.bpf_map__reuse_fd(found, fd), f"reusing map {name}")
             result = lib.bpf_object__load(handle)
             if result < 0:
                 code = -result

@@ -26,7 +26,9 @@ SECONDS_PER_DAY: Final = 86_400
 
 # Root dispersion growth in the kernel: short-format units (2**-16 s) = ns * mul >> 48.
 DISPERSION_SHIFT: Final = 48
-DISPERSION_MUL: Final = round(syncstate.DISPERSION_RATE * 65536 / NS_PER_S * (1 << DISPERSION_SHIFT))
+DISPERSION_MUL: Final = round(
+    syncstate.DISPERSION_RATE * 65536 / NS_PER_S * (1 << DISPERSION_SHIFT)
+)
 
 # Requests arriving this close to a leap second (either side) go to the socket path.
 LEAP_PASS_SECONDS: Final = 5

@@ -1,0 +1,446 @@
+"""The XDP fast path against a real kernel hook, in network namespaces this test creates.
+
+Server namespace: a veth end with ``pyresponder xdp`` attached (generic and native mode), a
+chronyd backend on its loopback, and a plain socket on the NTP port standing in for the socket
+path (it records what reaches user space). Client namespace: the other veth end, with real
+clients (ntplib, chronyd -Q) and crafted datagrams. Runs as root only; skips with a reason
+elsewhere. Every namespace and XDP program is removed in teardown, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import ntplib
+import pytest
+
+from pyresponder import wire
+from tests.support.chronyd import find_chronyd
+from tests.support.netns import Side, entered, snmp_counter
+from tests.support.responder import ntp_request
+from tests.support.xdp import XdpBed, skip_reason
+
+SKIP = skip_reason()
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
+
+NTP_PORT = 123
+OTHER_PORT = 124
+IP_OPTIONS = 4
+IPV6_HOPOPTS = 54
+
+
+class Recorder:
+    """Sockets in the server namespace on ports 123 and 124 (both families): what they read
+    is what the XDP program passed up the stack."""
+
+    def __init__(self, side: Side) -> None:
+        self.sockets: list[socket.socket] = []
+        with entered(side.ns):
+            for port in (NTP_PORT, OTHER_PORT):
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(("::", port))
+                sock.setblocking(False)
+                self.sockets.append(sock)
+
+    def drain(self) -> None:
+        while self.read(0.0) is not None:
+            pass
+
+    def read(self, timeout: float) -> bytes | None:
+        readable, _, _ = select.select(self.sockets, [], [], timeout)
+        for sock in readable:
+            try:
+                return sock.recv(65536)
+            except BlockingIOError:
+                continue
+        return None
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def client_socket(bed: XdpBed, family: int) -> socket.socket:
+    with entered(bed.client.ns):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.settimeout(1.0)
+    return sock
+
+
+def server_address(bed: XdpBed, family: int) -> str:
+    return bed.server.ipv4 if family == socket.AF_INET else bed.server.ipv6
+
+
+def ask(bed: XdpBed, family: int, packet: bytes, timeout: float = 1.0) -> bytes | None:
+    with client_socket(bed, family) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(packet, (server_address(bed, family), NTP_PORT))
+        try:
+            return sock.recv(4096)
+        except TimeoutError:
+            return None
+
+
+@pytest.fixture(scope="module", params=["generic", "native"])
+def bed(request: pytest.FixtureRequest) -> Iterator[XdpBed]:
+    mode = str(request.param)
+    with XdpBed(mode, tag=mode[0]) as bed:
+        bed.wait_log("kernel replies synchronized")
+        yield bed
+
+
+@pytest.fixture
+def recorder(bed: XdpBed) -> Iterator[Recorder]:
+    recorder = Recorder(bed.server)
+    try:
+        yield recorder
+    finally:
+        recorder.close()
+
+
+FAMILIES = pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6],
+                                   ids=["ipv4", "ipv6"])
+
+
+@FAMILIES
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_kernel_answers_plain_requests(
+    bed: XdpBed, recorder: Recorder, family: int, version: int
+) -> None:
+    request = bytearray(ntp_request(version=version))
+    request[2] = 7  # poll, echoed
+    before = bed.counters()["answered"]
+    sent_ns = time.time_ns()
+    reply = ask(bed, family, bytes(request))
+    received_ns = time.time_ns()
+    assert reply is not None, "no reply from the XDP path"
+    packet = wire.parse_packet(reply)
+    assert len(reply) == wire.PACKET_LEN
+    assert (packet.leap, packet.version, packet.mode, packet.poll) == (0, version, 4, 7)
+    assert packet.stratum == 9
+    assert packet.refid == bytes([127, 127, 1, 1])
+    assert packet.origin_raw == bytes(request[40:48])
+    offset, _delay = wire.offset_and_delay(packet, sent_ns, received_ns)
+    assert abs(offset) < 0.01
+    assert packet.receive_ts <= packet.transmit_ts
+    assert recorder.read(0.2) is None, "the request also reached user space"
+    assert bed.counters()["answered"] > before
+
+
+@FAMILIES
+def test_ntplib_gets_correct_time(bed: XdpBed, recorder: Recorder, family: int) -> None:
+    client = ntplib.NTPClient()
+    with entered(bed.client.ns):
+        response = client.request(server_address(bed, family), version=4, port=NTP_PORT,
+                                  timeout=2)
+    assert response.stratum == 9
+    assert response.leap == 0
+    assert abs(response.offset) < 0.01
+    assert recorder.read(0.2) is None
+
+
+@FAMILIES
+def test_chronyd_client_gets_correct_time(bed: XdpBed, family: int, tmp_path: Path) -> None:
+    chronyd = find_chronyd()
+    assert chronyd is not None
+    address = server_address(bed, family)
+    # -Q: measure the offset and print it; never set the clock (and -x on top, as a rule here).
+    command = bed.client.exec(
+        chronyd, "-Q", "-x", "-u", "root", "-t", "20",
+        f"server {address} port {NTP_PORT} iburst maxsamples 4",
+        f"pidfile {tmp_path / 'chronyd.pid'}", "cmdport 0",
+    )  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    output = result.stdout + result.stderr
+    match = re.search(r"System clock wrong by (-?[0-9.]+) seconds", output)
+    assert match is not None, output
+    assert abs(float(match.group(1))) < 0.01, output
+
+
+def test_client_checksums_are_valid(bed: XdpBed) -> None:
+    """Every reply so far passed the client's UDP checksum check (no partial checksums)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        assert ask(bed, family, ntp_request()) is not None
+        zero_checksum = ask(bed, family, ntp_request())  # and one more, for good measure
+        assert zero_checksum is not None
+    assert snmp_counter(bed.client, "Udp", "InCsumErrors") == 0
+    assert snmp_counter(bed.client, "Udp6", "InCsumErrors") == 0
+    assert snmp_counter(bed.client, "Udp", "InErrors") == 0
+
+
+def _with_extension(length: int) -> bytes:
+    return ntp_request() + bytes(length - wire.PACKET_LEN)
+
+
+PASS_CASES = {
+    "mode 1": ntp_request(mode=1),
+    "mode 2": ntp_request(mode=2),
+    "mode 4": ntp_request(mode=4),
+    "mode 5": ntp_request(mode=5),
+    "mode 6": ntp_request(mode=6),
+    "mode 7": ntp_request(mode=7),
+    "v1 mode 0": ntp_request(version=1, mode=0),
+    "version 0": ntp_request(version=0),
+    "version 5": ntp_request(version=5),
+    "version 7": ntp_request(version=7),
+    "47 bytes": ntp_request()[:47],
+    "52 bytes": _with_extension(52),
+    "68 bytes (extension field)": _with_extension(68),
+    "120 bytes (MAC)": _with_extension(120),
+    "empty": b"",
+}
+
+
+@FAMILIES
+@pytest.mark.parametrize("packet", list(PASS_CASES.values()), ids=list(PASS_CASES))
+def test_everything_else_reaches_the_socket_path(
+    bed: XdpBed, recorder: Recorder, family: int, packet: bytes
+) -> None:
+    recorder.drain()
+    with client_socket(bed, family) as sock:
+        sock.sendto(packet, (server_address(bed, family), NTP_PORT))
+        assert recorder.read(2.0) == packet
+        sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            sock.recv(4096)  # the recorder never answers: anything here came from XDP
+
+
+@FAMILIES
+def test_other_ports_reach_the_socket_path(bed: XdpBed, recorder: Recorder, family: int) -> None:
+    recorder.drain()
+    packet = ntp_request()
+    with client_socket(bed, family) as sock:
+        sock.sendto(packet, (server_address(bed, family), OTHER_PORT))
+        assert recorder.read(2.0) == packet
+
+
+def test_ipv4_options_reach_the_socket_path(bed: XdpBed, recorder: Recorder) -> None:
+    recorder.drain()
+    packet = ntp_request()
+    with client_socket(bed, socket.AF_INET) as sock:
+        sock.setsockopt(socket.IPPROTO_IP, IP_OPTIONS, bytes([1, 1, 1, 0]))  # NOPs, end
+        sock.sendto(packet, (bed.server.ipv4, NTP_PORT))
+        assert recorder.read(2.0) == packet
+        sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            sock.recv(4096)
+
+
+def test_ipv6_extension_headers_reach_the_socket_path(bed: XdpBed, recorder: Recorder) -> None:
+    recorder.drain()
+    packet = ntp_request()
+    with client_socket(bed, socket.AF_INET6) as sock:
+        # A hop-by-hop options header holding one PadN option: 8 bytes before the UDP header.
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_HOPOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+        sock.sendto(packet, (bed.server.ipv6, NTP_PORT))
+        assert recorder.read(2.0) == packet
+        sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            sock.recv(4096)
+
+
+@FAMILIES
+def test_fragmented_requests_reach_the_socket_path(
+    bed: XdpBed, recorder: Recorder, family: int
+) -> None:
+    """A mode-3 datagram larger than the MTU arrives in fragments; none is answered."""
+    recorder.drain()
+    packet = ntp_request() + bytes(2000)
+    with client_socket(bed, family) as sock:
+        sock.sendto(packet, (server_address(bed, family), NTP_PORT))
+        assert recorder.read(2.0) == packet
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def test_a_48_byte_request_in_two_ipv4_fragments_reaches_the_socket_path(
+    bed: XdpBed, recorder: Recorder
+) -> None:
+    """The first fragment carries a UDP header to port 123; the program must not touch it."""
+    recorder.drain()
+    payload = ntp_request()
+    source, destination = socket.inet_aton(bed.client.ipv4), socket.inet_aton(bed.server.ipv4)
+    udp_length = 8 + len(payload)
+    header = struct.pack("!HHHH", 40000, NTP_PORT, udp_length, 0)
+    pseudo = source + destination + struct.pack("!BBH", 0, socket.IPPROTO_UDP, udp_length)
+    check = _checksum(pseudo + header + payload) or 0xFFFF
+    datagram = struct.pack("!HHHH", 40000, NTP_PORT, udp_length, check) + payload
+    first, second = datagram[:24], datagram[24:]  # 24 bytes = 3 fragment units of 8
+
+    def ip_header(more: bool, offset_units: int, length: int) -> bytes:
+        flags = (0x2000 if more else 0) | offset_units
+        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0x5111, flags, 64,
+                           socket.IPPROTO_UDP, 0, source, destination)
+
+    with entered(bed.client.ns):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    with raw:
+        raw.sendto(ip_header(True, 0, len(first)) + first, (bed.server.ipv4, 0))
+        raw.sendto(ip_header(False, 3, len(second)) + second, (bed.server.ipv4, 0))
+    assert recorder.read(2.0) == payload
+
+
+def test_counters_say_what_was_passed(bed: XdpBed) -> None:
+    counters = bed.counters()
+    assert counters["received"] >= counters["answered"] > 0
+    assert counters["passed_shape"] > 0
+    assert counters["passed_ip"] > 0
+    assert counters["passed_no_state"] == 0
+
+
+def test_refuses_an_interface_without_xdp_support(bed: XdpBed) -> None:
+    """Native mode on loopback is refused: one clear line, exit status 1."""
+    command = bed.server.exec(sys.executable, "-m", "pyresponder", "xdp", "--interface", "lo",
+                              "--xdp-mode", "native", "--counters-file", "-")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pyresponder xdp:")]
+    assert len(lines) == 1, result.stderr
+    assert "lo refuses XDP" in lines[0]
+
+
+# ---- state and life cycle (a bed of their own each) -----------------------------------------
+
+
+def test_never_written_state_passes_everything() -> None:
+    with XdpBed("generic", tag="w", chronyd=False) as bed:
+        recorder = Recorder(bed.server)
+        try:
+            packet = ntp_request()
+            with client_socket(bed, socket.AF_INET) as sock:
+                sock.sendto(packet, (bed.server.ipv4, NTP_PORT))
+                assert recorder.read(2.0) == packet
+            assert bed.counters()["passed_no_state"] >= 1
+            assert bed.counters()["answered"] == 0
+        finally:
+            recorder.close()
+
+
+def test_backend_lost_turns_replies_unsynchronized_without_the_control_process() -> None:
+    """After the backend timeout the kernel itself switches to LI=3 stratum 0 refid 0, even
+    while ``pyresponder xdp`` is stopped (it computed the moment from syncstate beforehand)."""
+    timeout = 2.0
+    args = ("--backend-timeout", str(timeout), "--holdover", "0")
+    with XdpBed("generic", tag="b", xdp_args=args) as bed:
+        bed.wait_log("kernel replies synchronized")
+        reply = ask(bed, socket.AF_INET, ntp_request())
+        assert reply is not None and wire.parse_packet(reply).stratum == 9
+        assert bed.chronyd is not None and bed.xdp is not None
+        bed.chronyd.stop()
+        os.kill(bed.xdp.pid, signal.SIGSTOP)
+        try:
+            time.sleep(timeout + 1.5)
+            reply = ask(bed, socket.AF_INET, ntp_request())
+            assert reply is not None, "the kernel stopped answering"
+            packet = wire.parse_packet(reply)
+            assert (packet.leap, packet.stratum, packet.refid) == (3, 0, bytes(4))
+        finally:
+            os.kill(bed.xdp.pid, signal.SIGCONT)
+        bed.wait_log("kernel replies unsynchronized")
+        reply = ask(bed, socket.AF_INET6, ntp_request())
+        assert reply is not None
+        assert (wire.parse_packet(reply).leap, wire.parse_packet(reply).stratum) == (3, 0)
+        assert bed.counters()["answered_unsynchronized"] >= 2
+
+
+def _serve_socket_path(bed: XdpBed) -> None:
+    assert bed.chronyd is not None
+    serve = bed.start_server_process(
+        [sys.executable, "-m", "pyresponder", "serve", "--listen", "[::]:123", "--workers", "1",
+         "--backend", f"127.0.0.1:{bed.chronyd.port}", "--stats-interval", "0"],
+        "serve",
+    )
+    deadline = time.monotonic() + 15
+    while "ready:" not in serve.log():
+        assert serve.running(), serve.log()
+        assert time.monotonic() < deadline, serve.log()
+        time.sleep(0.05)
+
+
+def _steady_client(bed: XdpBed, rate: int, seconds: float, at: float,
+                   action: object) -> tuple[int, int]:
+    """Send ``rate`` requests/s for ``seconds``, run ``action()`` at ``at`` s; (sent, answered)."""
+    with client_socket(bed, socket.AF_INET) as sock:
+        sock.setblocking(False)
+        address = (bed.server.ipv4, NTP_PORT)
+        pending: set[bytes] = set()
+        answered = sent = 0
+        start = time.monotonic()
+        done_action = False
+        end = start + seconds
+        while True:
+            now = time.monotonic()
+            if not done_action and now - start >= at:
+                assert callable(action)
+                action()
+                done_action = True
+            if now < end and sent < (now - start) * rate:
+                transmit = os.urandom(8)
+                pending.add(transmit)
+                sock.sendto(ntp_request(transmit=transmit), address)
+                sent += 1
+            while True:
+                try:
+                    data = sock.recv(1024)
+                except BlockingIOError:
+                    break
+                if data[24:32] in pending:
+                    pending.discard(data[24:32])
+                    answered += 1
+            if now >= end + 1.0 or (now >= end and not pending):
+                return sent, answered
+            time.sleep(0.0002)
+
+
+def test_killed_xdp_process_leaves_no_gap() -> None:
+    """kill -9 of ``pyresponder xdp`` under 1k req/s: the link goes, the socket path answers."""
+    with XdpBed("generic", tag="k") as bed:
+        bed.wait_log("kernel replies synchronized")
+        _serve_socket_path(bed)
+        assert bed.xdp is not None
+        xdp = bed.xdp
+
+        def kill() -> None:
+            os.kill(xdp.pid, signal.SIGKILL)
+
+        answered_before = bed.counters()["answered"]
+        sent, answered = _steady_client(bed, rate=1000, seconds=3.0, at=1.0, action=kill)
+        assert sent >= 2500
+        assert answered == sent, f"{sent - answered} of {sent} requests unanswered"
+        assert not xdp.running()
+        link = subprocess.run(["ip", "-n", bed.server.ns, "-d", "link", "show", "dev",
+                               bed.server.dev], capture_output=True, text=True, check=True)
+        assert "prog/xdp" not in link.stdout, "the program stayed attached"
+        assert answered_before >= 0
+
+
+def test_sigterm_detaches_and_exits_zero() -> None:
+    with XdpBed("generic", tag="t") as bed:
+        assert bed.xdp is not None
+        link = subprocess.run(["ip", "-n", bed.server.ns, "-d", "link", "show", "dev",
+                               bed.server.dev], capture_output=True, text=True, check=True)
+        assert "prog/xdp" in link.stdout
+        assert bed.xdp.stop() == 0
+        link = subprocess.run(["ip", "-n", bed.server.ns, "-d", "link", "show", "dev",
+                               bed.server.dev], capture_output=True, text=True, check=True)
+        assert "prog/xdp" not in link.stdout
+        assert "detached" in bed.xdp.log()
+        assert not bed.counters_file.exists()
