@@ -444,3 +444,46 @@ def test_sigterm_detaches_and_exits_zero() -> None:
         assert "prog/xdp" not in link.stdout
         assert "detached" in bed.xdp.log()
         assert not bed.counters_file.exists()
+
+
+def _build_ntpload(out: Path) -> Path:
+    source = Path(__file__).resolve().parents[2] / "bench" / "ntpload.c"
+    binary = out / "ntpload"
+    subprocess.run(["gcc", "-O2", "-Wall", "-pthread", "-o", str(binary), str(source)],
+                   check=True, timeout=120)
+    return binary
+
+
+@pytest.mark.skipif(subprocess.run(["sh", "-c", "command -v gcc"], capture_output=True,
+                                   check=False).returncode != 0, reason="gcc not installed")
+def test_program_swap_under_load_loses_nothing(tmp_path: Path) -> None:
+    """Five bpf_link_update swaps (SIGHUP) during 100k req/s: every request is answered."""
+    import json  # noqa: PLC0415
+
+    ntpload = _build_ntpload(tmp_path)
+    with XdpBed("native", tag="s") as bed:
+        bed.wait_log("kernel replies synchronized")
+        assert bed.xdp is not None
+        command = bed.client.exec(str(ntpload), "-r", "100000", "-d", "3", "-s", "8",
+                                  "-w", "500", "-N", bed.server.ipv4, str(NTP_PORT))
+        load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            time.sleep(0.5)
+            for _ in range(5):
+                os.kill(bed.xdp.pid, signal.SIGHUP)
+                time.sleep(0.4)
+            stdout, stderr = load.communicate(timeout=30)
+        finally:
+            if load.poll() is None:
+                load.kill()
+                load.wait(5)
+        assert load.returncode == 0, stderr
+        result = json.loads(stdout)
+        print(f"swap under load: sent {result['sent']} at {result['send_rate']:.0f} req/s, "
+              f"matched {result['matched']}")
+        swaps = bed.xdp.log().count("XDP program replaced")
+        assert swaps == 5, bed.xdp.log()
+        lost = int(result["sent"]) - int(result["matched"])
+        assert lost == 0, f"{lost} lost at {result['send_rate']:.0f} req/s: {result}"
+        assert bed.counters()["answered"] >= int(result["matched"])
