@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test lint test-python test-molecule bench clean
+.PHONY: demo test lint test-python test-molecule bench bench-xdp bpf clean
 
 demo: ## provision a local systemd container with site.yml and show it serving time
 	bash scripts/demo
@@ -19,6 +19,8 @@ lint:
 
 test-python:
 	bash scripts/install-chrony
+	bash scripts/install-bpf-toolchain
+	bash scripts/build-bpf
 	bash scripts/setup-venv test,lint,ansible
 	pytest -q -ra tests
 
@@ -30,5 +32,9 @@ bench: ## pyresponder vs chronyd, side by side; prints the ratios
 	bash scripts/setup-venv test,bench
 	python bench/run.py
 
+bpf: ## compile the XDP program (needs clang: scripts/install-bpf-toolchain)
+	bash scripts/build-bpf
+
 clean:
+	rm -f src/pyresponder/bpf/*.o
 	rm -rf $(VENV) build dist src/*.egg-info bench/out
