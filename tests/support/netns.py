@@ -149,10 +149,12 @@ def snmp_counter(side: Side, table: str, name: str) -> int:
 class Process:
     """A command started inside a namespace, output to a log file, stopped by pid."""
 
-    def __init__(self, side: Side, command: Sequence[str], logfile: Path) -> None:
+    def __init__(self, side: Side, command: Sequence[str], logfile: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.logfile = logfile
         with entered(side.ns), logfile.open("wb") as log:
-            self.process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT,
+                                            env=env)
 
     @property
     def pid(self) -> int:

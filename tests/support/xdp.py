@@ -107,8 +107,9 @@ class XdpBed:
         self.wait_log("XDP program attached")
         return self.xdp
 
-    def start_server_process(self, command: list[str], name: str) -> Process:
-        process = Process(self.server, command, self.workdir / f"{name}.log")
+    def start_server_process(self, command: list[str], name: str,
+                             env: dict[str, str] | None = None) -> Process:
+        process = Process(self.server, command, self.workdir / f"{name}.log", env)
         self.others.append(process)
         return process
 

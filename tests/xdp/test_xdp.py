@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -361,12 +362,13 @@ def test_backend_lost_turns_replies_unsynchronized_without_the_control_process()
         assert bed.counters()["answered_unsynchronized"] >= 2
 
 
-def _serve_socket_path(bed: XdpBed) -> None:
+def _serve_socket_path(bed: XdpBed, *extra: str) -> None:
     assert bed.chronyd is not None
+    env = dict(os.environ, PYRESPONDER_XDP_COUNTERS=str(bed.counters_file))
     serve = bed.start_server_process(
         [sys.executable, "-m", "pyresponder", "serve", "--listen", "[::]:123", "--workers", "1",
-         "--backend", f"127.0.0.1:{bed.chronyd.port}", "--stats-interval", "0"],
-        "serve",
+         "--backend", f"127.0.0.1:{bed.chronyd.port}", "--stats-interval", "0", *extra],
+        "serve", env,
     )
     deadline = time.monotonic() + 15
     while "ready:" not in serve.log():
@@ -487,3 +489,32 @@ def test_program_swap_under_load_loses_nothing(tmp_path: Path) -> None:
         lost = int(result["sent"]) - int(result["matched"])
         assert lost == 0, f"{lost} lost at {result['send_rate']:.0f} req/s: {result}"
         assert bed.counters()["answered"] >= int(result["matched"])
+
+
+def test_metrics_endpoint_shows_both_paths() -> None:
+    """serve's Prometheus endpoint reports the kernel path's counters with path="xdp"."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    with XdpBed("generic", tag="m") as bed:
+        bed.wait_log("kernel replies synchronized")
+        _serve_socket_path(bed, "--metrics", "127.0.0.1:9123")
+        for _ in range(5):
+            assert ask(bed, socket.AF_INET, ntp_request()) is not None
+        assert ask(bed, socket.AF_INET, ntp_request(mode=1)) is not None  # the socket path's
+        bed.counters()  # a snapshot written after the requests
+        with entered(bed.server.ns), urllib.request.urlopen(
+            "http://127.0.0.1:9123/metrics", timeout=5
+        ) as response:
+            text = response.read().decode()
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        accepted = "ntp_server_accepted_packets_total"
+        assert samples[(accepted, (("listen_address", bed.server.dev), ("path", "xdp")))] >= 5
+        assert samples[(accepted, (("listen_address", "[::]:123"), ("path", "socket")))] >= 1
+        attached = (("interface", bed.server.dev), ("mode", "generic"))
+        assert samples[("pyresponder_xdp_attached", attached)] == 1
+        passed = (("interface", bed.server.dev), ("reason", "shape"))
+        assert samples[("pyresponder_xdp_passed_packets_total", passed)] >= 1

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Final
 
 DEFAULT_PATH: Final = Path("/run/pyresponder-xdp/counters.json")
+# The metrics endpoint of serve reads DEFAULT_PATH unless this names another file (tests do).
+PATH_ENV: Final = "PYRESPONDER_XDP_COUNTERS"
 # Older than this, the writer is gone (stopped or dead, its program detached): ignore the file.
 STALE_AFTER: Final = 10.0
 
@@ -39,6 +41,10 @@ def write(path: Path, snapshot: Snapshot) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+
+
+def default_path() -> Path:
+    return Path(os.environ.get(PATH_ENV) or DEFAULT_PATH)
 
 
 def read(path: Path = DEFAULT_PATH, now: float | None = None) -> Snapshot | None:
