@@ -35,6 +35,13 @@ bench: ## pyresponder vs chronyd, side by side; prints the ratios
 bpf: ## compile the XDP program (needs clang: scripts/install-bpf-toolchain)
 	bash scripts/build-bpf
 
+bench-xdp: ## the same plus the XDP fast path, all on a veth pair in namespaces (root)
+	bash scripts/install-chrony
+	bash scripts/install-bpf-toolchain
+	bash scripts/build-bpf
+	bash scripts/setup-venv test,bench
+	python bench/run.py --xdp
+
 clean:
 	rm -f src/pyresponder/bpf/*.o
 	rm -rf $(VENV) build dist src/*.egg-info bench/out
