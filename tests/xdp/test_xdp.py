@@ -299,6 +299,44 @@ def test_a_48_byte_request_in_two_ipv4_fragments_reaches_the_socket_path(
     assert recorder.read(2.0) == payload
 
 
+def _raw_ipv4_request(bed: XdpBed, source: str, source_port: int) -> None:
+    """Send a well-formed 48-byte mode-3 request with a forged IPv4 source (raw socket)."""
+    payload = ntp_request()
+    src, dst = socket.inet_aton(source), socket.inet_aton(bed.server.ipv4)
+    udp_length = 8 + len(payload)
+    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_UDP, udp_length)
+    header = struct.pack("!HHHH", source_port, NTP_PORT, udp_length, 0)
+    check = _checksum(pseudo + header + payload) or 0xFFFF
+    udp = struct.pack("!HHHH", source_port, NTP_PORT, udp_length, check) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x2222, 0, 64,
+                     socket.IPPROTO_UDP, 0, src, dst)
+    with entered(bed.client.ns):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    with raw:
+        raw.sendto(ip + udp, (bed.server.ipv4, 0))
+
+
+@pytest.mark.parametrize(
+    ("source", "port", "reason"),
+    [
+        ("0.1.2.3", 40000, "passed_ip"),  # 0.0.0.0 itself the kernel would fill in
+        ("127.0.0.1", 40000, "passed_ip"),
+        ("224.0.0.1", 40000, "passed_ip"),
+        ("255.255.255.255", 40000, "passed_ip"),
+        ("10.211.77.7", 0, "passed_shape"),
+    ],
+    ids=["zero", "loopback", "multicast", "broadcast", "port 0"],
+)
+def test_unanswerable_sources_are_passed(bed: XdpBed, source: str, port: int,
+                                         reason: str) -> None:
+    """A request whose reply would go to no real client is left to the kernel's own checks."""
+    before = bed.counters()
+    _raw_ipv4_request(bed, source, port)
+    after = bed.counters()
+    assert after[reason] == before[reason] + 1
+    assert after["answered"] == before["answered"]
+
+
 def test_counters_say_what_was_passed(bed: XdpBed) -> None:
     counters = bed.counters()
     assert counters["received"] >= counters["answered"] > 0

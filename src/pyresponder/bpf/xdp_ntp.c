@@ -169,10 +169,15 @@ int pyresponder_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	if (!is_ipv6) {
+		/* Neither address may be multicast (224/4), limited broadcast or (as a source, which
+		 * the reply goes to) 0/8 or loopback: those are the socket path's to refuse. */
 		if (!ip4 || ip4->ihl != 5 || ip4->version != 4 ||
 		    (ip4->frag_off & bpf_htons(IP_FRAGMENT_BITS)) ||
 		    (ip4->daddr & bpf_htonl(0xf0000000)) == bpf_htonl(0xe0000000) ||
-		    ip4->daddr == 0xffffffff) {
+		    ip4->daddr == 0xffffffff ||
+		    (ip4->saddr & bpf_htonl(0xf0000000)) >= bpf_htonl(0xe0000000) ||
+		    (ip4->saddr & bpf_htonl(0xff000000)) == 0 ||
+		    (ip4->saddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000)) {
 			count(counters, C_PASS_IP);
 			return XDP_PASS;
 		}
@@ -181,7 +186,11 @@ int pyresponder_xdp(struct xdp_md *ctx)
 			return XDP_PASS;
 		}
 	} else {
-		if (!ip6 || ip6->daddr.in6_u.u6_addr8[0] == 0xff) {
+		/* Multicast destination or source; unspecified (::) source. */
+		if (!ip6 || ip6->daddr.in6_u.u6_addr8[0] == 0xff ||
+		    ip6->saddr.in6_u.u6_addr8[0] == 0xff ||
+		    (ip6->saddr.in6_u.u6_addr32[0] | ip6->saddr.in6_u.u6_addr32[1] |
+		     ip6->saddr.in6_u.u6_addr32[2] | ip6->saddr.in6_u.u6_addr32[3]) == 0) {
 			count(counters, C_PASS_IP);
 			return XDP_PASS;
 		}
@@ -191,7 +200,8 @@ int pyresponder_xdp(struct xdp_md *ctx)
 		}
 	}
 	__u8 *ntp = (void *)(udp + 1);
-	if (udp->len != bpf_htons(sizeof(*udp) + NTP_LEN) || (void *)(ntp + NTP_LEN) > data_end ||
+	/* Source port 0 cannot be answered; the socket path counts and drops it. */
+	if (udp->source == 0 || udp->len != bpf_htons(sizeof(*udp) + NTP_LEN) || (void *)(ntp + NTP_LEN) > data_end ||
 	    !control->answer[ntp[0]]) {
 		count(counters, C_PASS_SHAPE);
 		return XDP_PASS;
