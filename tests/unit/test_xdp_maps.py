@@ -12,6 +12,7 @@ import pytest
 from pyresponder import cli, syncstate, wire
 from pyresponder.syncstate import BackendSample, SyncPolicy
 from pyresponder.xdp import counters, maps
+from pyresponder.xdp.command import xdp_config
 from pyresponder.xdp.daemon import kernel_version
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "pyresponder" / "bpf" / "xdp_ntp.c"
@@ -31,7 +32,7 @@ def test_struct_sizes_match_the_c_program() -> None:
     asserted = dict(re.findall(r"sizeof\(struct (\w+)\) == (\d+)", text))
     assert int(asserted["pyr_control"]) == maps.CONTROL.size
     assert int(asserted["pyr_slot"]) == maps.SLOT.size
-    assert "C_COUNT = 8" in text and len(maps.COUNTER_NAMES) == 8 == maps.COUNTERS.size // 8
+    assert "C_COUNT = 12" in text and len(maps.COUNTER_NAMES) == 12 == maps.COUNTERS.size // 8
 
 
 def test_answer_table_is_mode_3_versions_1_to_4_only() -> None:
@@ -95,7 +96,7 @@ def test_no_leap_window_without_a_leap_flag() -> None:
 
 
 def test_counters_sum_over_cpus() -> None:
-    per_cpu = [maps.COUNTERS.pack(*range(8)), maps.COUNTERS.pack(*([1] * 8))]
+    per_cpu = [maps.COUNTERS.pack(*range(12)), maps.COUNTERS.pack(*([1] * 12))]
     totals = maps.sum_counters(per_cpu)
     assert totals["received"] == 1 and totals["answered"] == 2 and totals["passed_leap"] == 7
 
@@ -117,12 +118,21 @@ def test_kernel_version_parsing() -> None:
     assert kernel_version("weird") == (0, 0)
 
 
-def test_xdp_refuses_rate_limiting(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["xdp", "--interface", "lo", "--rate-limit"])
-    assert exit_info.value.code == cli.EXIT_USAGE
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "rate limiting is not applied" in error
+def test_xdp_takes_serves_rate_limit_options() -> None:
+    args = cli.build_parser().parse_args(
+        ["xdp", "--interface", "lo", "--rate-limit", "--rate-limit-burst", "4",
+         "--rate-limit-interval", "0.5", "--rate-limit-leak", "0", "--rate-limit-kod", "2"]
+    )
+    config = xdp_config(args)
+    assert config.rate_limit is not None
+    assert (config.rate_limit.burst, config.rate_limit.interval) == (4, 0.5)
+    value = maps.control_value(1, 123, config.rate_limit)
+    *_, interval, window, reset, leak, kod = maps.CONTROL.unpack(value)
+    assert (interval, window, reset, leak, kod) == (
+        500_000_000, 1_500_000_000, 2_000_000_000, 0, 2
+    )
+    assert xdp_config(cli.build_parser().parse_args(["xdp", "--interface", "lo"])).rate_limit \
+        is None
 
 
 def test_xdp_names_a_missing_interface(capsys: pytest.CaptureFixture[str]) -> None:

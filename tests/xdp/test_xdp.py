@@ -556,3 +556,34 @@ def test_metrics_endpoint_shows_both_paths() -> None:
         assert samples[("pyresponder_xdp_attached", attached)] == 1
         passed = (("interface", bed.server.dev), ("reason", "shape"))
         assert samples[("pyresponder_xdp_passed_packets_total", passed)] >= 1
+
+
+@pytest.mark.parametrize("kod", [1, 0], ids=["kiss-o'-death", "drop"])
+def test_rate_limit_in_the_kernel(kod: int) -> None:
+    """serve's per-client limit, applied by the program: a burst of 4, then KoD RATE or drops;
+    another address (IPv6 here) has a bucket of its own."""
+    args = ("--rate-limit", "--rate-limit-burst", "4", "--rate-limit-interval", "30",
+            "--rate-limit-leak", "0", "--rate-limit-kod", str(kod))
+    with XdpBed("generic", tag=f"r{kod}", xdp_args=args) as bed:
+        bed.wait_log("kernel replies synchronized")
+        outcomes = []
+        for _ in range(10):
+            request = ntp_request()
+            reply = ask(bed, socket.AF_INET, request, timeout=0.3)
+            if reply is None:
+                outcomes.append("none")
+                continue
+            packet = wire.parse_packet(reply)
+            assert packet.origin_raw == request[40:48]
+            if (packet.leap, packet.stratum, packet.refid) == (3, 0, b"RATE"):
+                outcomes.append("kod")
+            else:
+                assert (packet.leap, packet.stratum) == (0, 9)
+                outcomes.append("ok")
+        limited = "kod" if kod else "none"
+        assert outcomes == ["ok"] * 4 + [limited] * 6
+        reply = ask(bed, socket.AF_INET6, ntp_request())
+        assert reply is not None and wire.parse_packet(reply).stratum == 9
+        counters = bed.counters()
+        assert counters["rate_limited"] == 6
+        assert counters["kod_sent"] == (6 if kod else 0)

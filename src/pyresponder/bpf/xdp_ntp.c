@@ -38,8 +38,15 @@ struct pyr_control {
 	__u16 port_be; /* UDP port to answer, network order */
 	__u16 reserved;
 	__u8 answer[256]; /* 1 where a request with this first byte gets a mode-4 reply here */
+	/* Per-client rate limit (ratelimit.py's rules; 0 interval = off): a theoretical arrival
+	 * time per address, admitted while at most window ahead, pushed one interval per reply. */
+	__u64 rate_interval_ns;
+	__u64 rate_window_ns;   /* (burst - 1) * interval */
+	__u64 rate_reset_ns;    /* further ahead than this: a stale entry, start afresh */
+	__u32 rate_leak;        /* answer 1 in leak limited requests anyway (0: never) */
+	__u32 rate_kod;         /* of the others, 1 in kod gets a kiss-o'-death RATE (0: never) */
 };
-_Static_assert(sizeof(struct pyr_control) == 264, "pyr_control layout");
+_Static_assert(sizeof(struct pyr_control) == 296, "pyr_control layout");
 
 struct pyr_slot {
 	__u8 header[HEADER_LEN];        /* synchronized reply header, as of written_mono_ns */
@@ -61,7 +68,12 @@ enum pyr_counter {
 	C_PASS_IP,       /* IPv4 options or fragment, IPv6 extension header, not unicast */
 	C_PASS_NO_STATE, /* no time state written yet */
 	C_PASS_LEAP,     /* close to a leap second */
-	C_COUNT = 8,
+	C_RESERVED,
+	C_RATE_LIMITED,  /* over the per-client limit */
+	C_KOD_SENT,      /* of those, answered with a kiss-o'-death RATE */
+	C_LIMITED_SEQ,   /* internal: limited requests so far (1 in N leak) */
+	C_REFUSED_SEQ,   /* internal: limited and not leaked (1 in N KoD) */
+	C_COUNT = 12,
 };
 
 struct pyr_counters {
@@ -81,6 +93,17 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pyr_slot);
 } pyr_slots SEC(".maps");
+
+/* Client address (IPv4 as ::ffff:a.b.c.d) -> theoretical arrival time (CLOCK_MONOTONIC ns).
+ * An LRU map: a flood of spoofed sources evicts old entries instead of growing; the evicted
+ * client starts afresh (the limiter fails open, as the socket path's table does). Size set by
+ * the control plane (--rate-limit-slots) before loading. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct in6_addr);
+	__type(value, __u64);
+} pyr_rate SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -121,6 +144,39 @@ static __always_inline void count(struct pyr_counters *counters, int which)
 {
 	if (counters)
 		counters->c[which]++;
+}
+
+enum { RATE_ANSWER = 0, RATE_KOD, RATE_DROP };
+
+/* The fate of a request from `key` under the rate limit (control->rate_interval_ns != 0). */
+static __always_inline int rate_limit(struct pyr_control *control,
+				      struct pyr_counters *counters, struct in6_addr *key)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *stored = bpf_map_lookup_elem(&pyr_rate, key);
+	__u64 arrival = stored ? *stored : now;
+
+	if (arrival < now || arrival - now > control->rate_reset_ns)
+		arrival = now; /* new, idle or stale: a fresh bucket */
+	if (arrival - now <= control->rate_window_ns) {
+		__u64 next = arrival + control->rate_interval_ns;
+		if (stored)
+			*stored = next; /* racy across CPUs, like the socket path's table: approximate */
+		else
+			bpf_map_update_elem(&pyr_rate, key, &next, BPF_ANY);
+		return RATE_ANSWER;
+	}
+	if (!counters)
+		return RATE_DROP;
+	counters->c[C_RATE_LIMITED]++;
+	__u64 limited = ++counters->c[C_LIMITED_SEQ];
+	__u32 leak = control->rate_leak, kod = control->rate_kod;
+	if (leak && limited % leak == 0)
+		return RATE_ANSWER;
+	__u64 refused = ++counters->c[C_REFUSED_SEQ];
+	if (kod && refused % kod == 0)
+		return RATE_KOD;
+	return RATE_DROP;
 }
 
 SEC("xdp")
@@ -226,6 +282,21 @@ int pyresponder_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
+	int kiss = 0;
+	if (control->rate_interval_ns) {
+		struct in6_addr key = {};
+		if (is_ipv6 && ip6) {
+			key = ip6->saddr;
+		} else if (ip4) {
+			key.in6_u.u6_addr32[2] = bpf_htonl(0xffff);
+			key.in6_u.u6_addr32[3] = ip4->saddr;
+		}
+		int fate = rate_limit(control, counters, &key);
+		if (fate == RATE_DROP)
+			return XDP_DROP;
+		kiss = fate == RATE_KOD;
+	}
+
 	/* Build the reply payload on the stack, then take the checksum difference against the
 	 * request before overwriting it: ports and addresses only swap, which leaves the UDP sum
 	 * unchanged, so the 48 payload bytes are the whole difference. */
@@ -249,6 +320,14 @@ int pyresponder_xdp(struct xdp_md *ctx)
 	*(__u64 *)(out + 32) = bpf_cpu_to_be64(ntp_timestamp(receive_ns));
 	__u64 transmit_ns = bpf_ktime_get_tai_ns() - slot->tai_offset_ns;
 	*(__u64 *)(out + 40) = bpf_cpu_to_be64(ntp_timestamp(transmit_ns));
+	if (kiss) { /* RFC 5905 kiss-o'-death, as the socket path sends it: LI 3, stratum 0, RATE */
+		out[0] = 0xc0 | (out[0] & 0x3f);
+		out[1] = 0;
+		out[12] = 'R';
+		out[13] = 'A';
+		out[14] = 'T';
+		out[15] = 'E';
+	}
 
 	if (udp->check) {
 		__s64 sum = bpf_csum_diff((__be32 *)ntp, NTP_LEN, (__be32 *)reply, NTP_LEN,
@@ -288,6 +367,8 @@ int pyresponder_xdp(struct xdp_md *ctx)
 	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
 
 	count(counters, C_ANSWERED);
+	if (kiss)
+		count(counters, C_KOD_SENT);
 	if ((ntp[0] >> 6) == 3) /* LI=3: too old here, or unsynchronized when written */
 		count(counters, C_ANSWERED_UNSYNC);
 	return XDP_TX;

@@ -14,16 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ..endpoints import parse_endpoint, resolve
+from ..ratelimit import RateLimitPolicy
 from ..syncstate import SyncPolicy
 from . import counters
 from .daemon import XdpConfig, XdpDaemon
 from .libbpf import BpfError
 
 EXIT_FAILED = 1
-RATE_LIMIT_REFUSAL = (
-    "rate limiting is not applied by the XDP path: run it without --rate-limit, or leave the "
-    "kernel path off where a per-client limit is required"
-)
 
 
 def _port(text: str) -> int:
@@ -44,7 +41,13 @@ def _seconds_or_zero(text: str) -> float:
 
 def add_xdp_command(commands: Any) -> None:
     """Add ``xdp`` to the subcommands of cli.build_parser (``commands`` is its subparsers)."""
-    from ..cli import DEFAULT_BACKEND, _endpoint_type, _positive_float  # noqa: PLC0415 (cycle)
+    from ..cli import (  # noqa: PLC0415 (cli imports this module)
+        DEFAULT_BACKEND,
+        _count,
+        _endpoint_type,
+        _positive_float,
+        _workers,
+    )
 
     xdp = commands.add_parser(
         "xdp",
@@ -88,9 +91,32 @@ def add_xdp_command(commands: Any) -> None:
         help=f"write a counters snapshot here every second for the metrics endpoint of "
         f"serve (default {counters.DEFAULT_PATH}); '-' for none",
     )
-    xdp.add_argument(
-        "--rate-limit", action="store_true",
-        help="refused: the kernel path does not rate-limit (see docs/xdp.md)",
+    limits = xdp.add_argument_group(
+        "rate limiting (off by default)",
+        "The same per-client limit as serve's, applied in the kernel: a theoretical arrival time "
+        "per address in an LRU map. Give both commands the same settings.",
+    )
+    limits.add_argument("--rate-limit", action="store_true", help="switch rate limiting on")
+    limits.add_argument(
+        "--rate-limit-interval", type=_positive_float, default=1.0, metavar="S",
+        help="sustained rate: one reply per S seconds per client (default 1)",
+    )
+    limits.add_argument(
+        "--rate-limit-burst", type=_workers, default=16, metavar="N",
+        help="replies a client may get in a burst (default 16)",
+    )
+    limits.add_argument(
+        "--rate-limit-leak", type=_count, default=4, metavar="N",
+        help="still answer 1 in N limited requests, 0 for none (default 4)",
+    )
+    limits.add_argument(
+        "--rate-limit-kod", type=_count, default=8, metavar="N",
+        help="answer 1 in N of the other limited requests with a kiss-o'-death RATE, "
+        "0 for none (default 8)",
+    )
+    limits.add_argument(
+        "--rate-limit-slots", type=_count, default=65536, metavar="N",
+        help="clients tracked at most (LRU; default 65536)",
     )
     xdp.set_defaults(run=run)
 
@@ -112,12 +138,17 @@ def xdp_config(args: argparse.Namespace) -> XdpConfig:
         backend=args.backend,
         policy=sync_policy(args),
         counters_file=counters_file,
+        rate_limit=RateLimitPolicy(
+            interval=args.rate_limit_interval,
+            burst=args.rate_limit_burst,
+            leak=args.rate_limit_leak,
+            kod=args.rate_limit_kod,
+            slots=max(args.rate_limit_slots, 1),
+        ) if args.rate_limit else None,
     )
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    if args.rate_limit:
-        parser.error(RATE_LIMIT_REFUSAL)
     try:
         resolve(args.backend)
     except ValueError as error:

@@ -24,6 +24,7 @@ from typing import Final
 from ..backend import BackendPoller, PollError
 from ..endpoints import Endpoint
 from ..notify import Notifier
+from ..ratelimit import RateLimitPolicy
 from ..syncstate import BackendSample, ServerState, SyncPolicy, evaluate
 from . import counters, maps
 from .libbpf import BpfError, BpfMap, BpfObject, XdpLink, attach
@@ -34,7 +35,7 @@ PROGRAM_NAME: Final = "pyresponder_xdp"
 OBJECT_PATH: Final = Path(__file__).resolve().parent.parent / "bpf" / "xdp_ntp.o"
 MIN_KERNEL: Final = (6, 1)  # bpf_ktime_get_tai_ns
 SNAPSHOT_INTERVAL: Final = 1.0
-MAP_NAMES: Final = ("pyr_control", "pyr_slots", "pyr_counters")
+MAP_NAMES: Final = ("pyr_control", "pyr_slots", "pyr_counters", "pyr_rate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class XdpConfig:
     policy: SyncPolicy
     poll_interval: float = 1.0
     counters_file: Path | None = None
+    rate_limit: RateLimitPolicy | None = None
     object_path: Path = OBJECT_PATH
 
 
@@ -99,10 +101,10 @@ class XdpDaemon:
 
     def run(self) -> int:
         ifindex = preflight(self.config)
-        self.bpf = BpfObject(self.config.object_path)
+        self.bpf = BpfObject(self.config.object_path, max_entries=self._map_sizes())
         try:
             # Written before attaching: the program passes everything until a state exists.
-            self._map("pyr_control").update(0, maps.control_value(0, self.config.port))
+            self._map("pyr_control").update(0, self._control(0))
             program_fd = self.bpf.program_fd(PROGRAM_NAME)
             try:
                 self.link = attach(program_fd, ifindex, self.config.mode)
@@ -126,9 +128,16 @@ class XdpDaemon:
                     self.config.counters_file.unlink()
         return 0
 
+    def _map_sizes(self) -> dict[str, int]:
+        limit = self.config.rate_limit
+        return {"pyr_rate": max(limit.slots, 1)} if limit is not None else {}
+
+    def _control(self, active: int) -> bytes:
+        return maps.control_value(active, self.config.port, self.config.rate_limit)
+
     def _map(self, name: str) -> BpfMap:
         sizes = {"pyr_control": maps.CONTROL.size, "pyr_slots": maps.SLOT.size,
-                 "pyr_counters": maps.COUNTERS.size}
+                 "pyr_counters": maps.COUNTERS.size, "pyr_rate": 8}
         return self.bpf.map(name, sizes[name], per_cpu=name == "pyr_counters")
 
     def replace_program(self) -> None:
@@ -139,7 +148,7 @@ class XdpDaemon:
         """
         assert self.link is not None
         reuse = {name: self._map(name).fd for name in MAP_NAMES}
-        new = BpfObject(self.config.object_path, reuse_maps=reuse)
+        new = BpfObject(self.config.object_path, reuse_maps=reuse, max_entries=self._map_sizes())
         try:
             self.link.update(new.program_fd(PROGRAM_NAME))
         except BaseException:
@@ -242,7 +251,7 @@ class XdpDaemon:
         ))
         spare = 2 if self.active == 1 else 1
         self._map("pyr_slots").update(spare - 1, value)
-        self._map("pyr_control").update(0, maps.control_value(spare, self.config.port))
+        self._map("pyr_control").update(0, self._control(spare))
         self.active = spare
         self._log_change(state)
 

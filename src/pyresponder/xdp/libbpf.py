@@ -55,6 +55,7 @@ def _load_library() -> ctypes.CDLL:
         "bpf_object__open_file": (p, [ctypes.c_char_p, p]),
         "bpf_object__load": (i, [p]),
         "bpf_map__reuse_fd": (i, [p, i]),
+        "bpf_map__set_max_entries": (i, [p, u32]),
         "bpf_object__close": (None, [p]),
         "bpf_object__find_program_by_name": (p, [p, ctypes.c_char_p]),
         "bpf_object__find_map_by_name": (p, [p, ctypes.c_char_p]),
@@ -127,9 +128,11 @@ class BpfMap:
 class BpfObject:
     """A compiled BPF object file, opened and loaded into the kernel (maps created, verified)."""
 
-    def __init__(self, path: Path, reuse_maps: dict[str, int] | None = None) -> None:
+    def __init__(self, path: Path, reuse_maps: dict[str, int] | None = None,
+                 max_entries: dict[str, int] | None = None) -> None:
         """Open and load ``path``; ``reuse_maps`` (name -> fd) keeps those maps of a loaded
-        object instead of creating new ones, so a replacement program sees the same state."""
+        object instead of creating new ones, so a replacement program sees the same state;
+        ``max_entries`` (name -> size) resizes maps before they are created."""
         lib = library()
         if not path.is_file():
             raise BpfError(f"{path} is missing: the XDP program was not built "
@@ -146,6 +149,13 @@ class BpfObject:
                 if not found:
                     raise BpfError(f"map {name} not found in the new BPF object")
                 _check(lib.bpf_map__reuse_fd(found, fd), f"reusing map {name}")
+            for name, size in (max_entries or {}).items():
+                if name in (reuse_maps or {}):
+                    continue
+                found = lib.bpf_object__find_map_by_name(handle, name.encode())
+                if not found:
+                    raise BpfError(f"map {name} not found in the BPF object")
+                _check(lib.bpf_map__set_max_entries(found, size), f"sizing map {name}")
             result = lib.bpf_object__load(handle)
             if result < 0:
                 code = -result

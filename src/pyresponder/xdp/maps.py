@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from .. import syncstate, wire
+from ..ratelimit import RateLimitPolicy
 from ..syncstate import BackendSample, ServerState, SyncPolicy
 
-CONTROL: Final = struct.Struct("=I2sH256s")  # struct pyr_control (port in network order)
+CONTROL: Final = struct.Struct("=I2sH256sQQQII")  # struct pyr_control (port in network order)
 SLOT: Final = struct.Struct("=24s24sQQQQQq")  # struct pyr_slot
-COUNTERS: Final = struct.Struct("=8Q")  # struct pyr_counters
+COUNTERS: Final = struct.Struct("=12Q")  # struct pyr_counters
 U64_MAX: Final = (1 << 64) - 1
 NS_PER_S: Final = 1_000_000_000
 SECONDS_PER_DAY: Final = 86_400
@@ -47,6 +48,10 @@ COUNTER_NAMES: Final = (
     "passed_no_state",
     "passed_leap",
     "reserved",
+    "rate_limited",
+    "kod_sent",
+    "limited_seq",  # internal sequence numbers of the 1-in-N choices, not metrics
+    "refused_seq",
 )
 
 
@@ -65,9 +70,18 @@ def answer_table() -> bytes:
     )
 
 
-def control_value(active: int, port: int) -> bytes:
-    """The control entry: which slot is current (0 = none yet, 1 or 2) and what to answer."""
-    return CONTROL.pack(active, port.to_bytes(2, "big"), 0, answer_table())
+def control_value(active: int, port: int, rate_limit: RateLimitPolicy | None = None) -> bytes:
+    """The control entry: which slot is current (0 = none yet, 1 or 2), what to answer, and the
+    per-client rate limit with the socket path's parameters (see ratelimit.RateLimiter)."""
+    interval = window = reset = leak = kod = 0
+    if rate_limit is not None:
+        interval = max(int(rate_limit.interval * NS_PER_S), 1)
+        window = (rate_limit.burst - 1) * interval
+        reset = window + interval
+        leak, kod = rate_limit.leak, rate_limit.kod
+    return CONTROL.pack(
+        active, port.to_bytes(2, "big"), 0, answer_table(), interval, window, reset, leak, kod
+    )
 
 
 def valid_until(
