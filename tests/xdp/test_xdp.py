@@ -27,7 +27,7 @@ import pytest
 
 from pyresponder import wire
 from tests.support.chronyd import find_chronyd
-from tests.support.netns import Side, entered, snmp_counter
+from tests.support.netns import Side, VethPair, entered, snmp_counter
 from tests.support.responder import ntp_request
 from tests.support.xdp import XdpBed, skip_reason
 
@@ -72,18 +72,21 @@ class Recorder:
             sock.close()
 
 
-def client_socket(bed: XdpBed, family: int) -> socket.socket:
+Bed = XdpBed | VethPair  # anything with a server and a client side
+
+
+def client_socket(bed: Bed, family: int) -> socket.socket:
     with entered(bed.client.ns):
         sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.settimeout(1.0)
     return sock
 
 
-def server_address(bed: XdpBed, family: int) -> str:
+def server_address(bed: Bed, family: int) -> str:
     return bed.server.ipv4 if family == socket.AF_INET else bed.server.ipv6
 
 
-def ask(bed: XdpBed, family: int, packet: bytes, timeout: float = 1.0) -> bytes | None:
+def ask(bed: Bed, family: int, packet: bytes, timeout: float = 1.0) -> bytes | None:
     with client_socket(bed, family) as sock:
         sock.settimeout(timeout)
         sock.sendto(packet, (server_address(bed, family), NTP_PORT))
@@ -587,3 +590,78 @@ def test_rate_limit_in_the_kernel(kod: int) -> None:
         counters = bed.counters()
         assert counters["rate_limited"] == 6
         assert counters["kod_sent"] == (6 if kod else 0)
+
+
+# ---- the program alone, with this test as its control plane ----------------------------------
+
+
+def test_program_rules_with_hand_written_state() -> None:
+    """Leap-second window, dispersion growth and expiry, checked against slots written here."""
+    from pyresponder import syncstate  # noqa: PLC0415
+    from pyresponder.syncstate import BackendSample, SyncPolicy  # noqa: PLC0415
+    from pyresponder.xdp import daemon, maps  # noqa: PLC0415
+    from pyresponder.xdp.libbpf import BpfObject, XdpLink  # noqa: PLC0415
+
+    with VethPair("h") as pair:
+        bpf = BpfObject(daemon.OBJECT_PATH)
+        link = None
+        recorder = None
+        try:
+            control = bpf.map("pyr_control", maps.CONTROL.size)
+            slots = bpf.map("pyr_slots", maps.SLOT.size)
+            control.update(0, maps.control_value(0, NTP_PORT))
+            # The ifindex means something only in the namespace it came from: attach from there.
+            with entered(pair.server.ns):
+                ifindex = socket.if_nametoindex(pair.server.dev)
+                link = XdpLink(bpf.program_fd(daemon.PROGRAM_NAME), ifindex, "generic")
+            recorder = Recorder(pair.server)
+
+            def write(leap: int, age: float, valid_for: float,
+                      window: tuple[int, int] | None = None) -> None:
+                now = time.monotonic()
+                sample = BackendSample(leap=leap, stratum=2, precision=-20, refid=b"\x0a\0\0\1",
+                                       reference_ts=0, root_delay=0.001,
+                                       root_dispersion=0.001, offset=0.0, delay=0.0,
+                                       received_at=now - age)
+                state = syncstate.evaluate(sample, now - age, SyncPolicy(backend_timeout=1e6))
+                value = maps.slot_value(maps.SlotInput(
+                    state, int((now + valid_for) * 1e9), int((now - age) * 1e9),
+                    time.time_ns(), daemon.tai_offset_ns()))
+                if window is not None:
+                    fields = list(maps.SLOT.unpack(value))
+                    fields[5], fields[6] = window
+                    value = maps.SLOT.pack(*fields)
+                slots.update(0, value)
+                control.update(0, maps.control_value(1, NTP_PORT))
+
+            def query() -> bytes | None:
+                return ask(pair, socket.AF_INET, ntp_request(), timeout=0.5)
+
+            # A leap second announced for a midnight far away: answered, LI=1 passed on.
+            write(leap=1, age=0.0, valid_for=100)
+            reply = query()
+            assert reply is not None and wire.parse_packet(reply).leap == 1
+            # Within the window around the leap second: left to the socket path.
+            now_ns = time.time_ns()
+            write(leap=1, age=0.0, valid_for=100, window=(now_ns - 10**9, now_ns + 10**10))
+            recorder.drain()
+            assert query() is None
+            assert recorder.read(1.0) is not None
+            # Dispersion grows at 15 ppm/s from the moment the header was built (10 s ago).
+            write(leap=0, age=10.0, valid_for=100)
+            reply = query()
+            assert reply is not None
+            grown = wire.parse_packet(reply).root_dispersion - 0.001
+            assert grown == pytest.approx(10 * syncstate.DISPERSION_RATE, abs=2 / 65536)
+            # Past valid_until: LI=3, stratum 0, refid 0, without any help from user space.
+            write(leap=0, age=0.0, valid_for=-1)
+            reply = query()
+            assert reply is not None
+            packet = wire.parse_packet(reply)
+            assert (packet.leap, packet.stratum, packet.refid) == (3, 0, bytes(4))
+        finally:
+            if recorder is not None:
+                recorder.close()
+            if link is not None:
+                link.close()
+            bpf.close()
