@@ -57,13 +57,14 @@ class PeerPass:
 
 class XdpBed:
     def __init__(self, mode: str, tag: str, xdp_args: tuple[str, ...] = (),
-                 chronyd: bool = True) -> None:
+                 chronyd: bool = True, stratum: int | None = 9) -> None:
         self.mode = mode
         self.pair = VethPair(tag)
         self.workdir = Path(tempfile.mkdtemp(prefix="pyr11-xdp-"))
         self.counters_file = self.workdir / "counters.json"
         self.xdp_args = xdp_args
         self.want_chronyd = chronyd
+        self.stratum = stratum  # None: a chronyd without a reference, answering LI=3
         self.chronyd: Chronyd | None = None
         self.xdp: Process | None = None
         self.peer: PeerPass | None = None
@@ -84,7 +85,7 @@ class XdpBed:
                 self.peer = PeerPass(self.client)
             if self.want_chronyd:
                 with entered(self.server.ns):
-                    self.chronyd = Chronyd(stratum=9).start()
+                    self.chronyd = Chronyd(stratum=self.stratum).start()
             self.start_xdp()
         except BaseException:
             self.close()

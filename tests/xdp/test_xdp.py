@@ -376,6 +376,22 @@ def test_never_written_state_passes_everything() -> None:
             recorder.close()
 
 
+def test_a_backend_never_synchronized_leaves_everything_to_the_socket_path() -> None:
+    """Until the first synchronized state the socket path decides (ready timeout, require-sync)."""
+    with XdpBed("generic", tag="u", stratum=None) as bed:
+        bed.wait_log("not synchronized yet")
+        recorder = Recorder(bed.server)
+        try:
+            packet = ntp_request()
+            with client_socket(bed, socket.AF_INET) as sock:
+                sock.sendto(packet, (bed.server.ipv4, NTP_PORT))
+                assert recorder.read(2.0) == packet
+            counters = bed.counters()
+            assert counters["passed_no_state"] >= 1 and counters["answered"] == 0
+        finally:
+            recorder.close()
+
+
 def test_backend_lost_turns_replies_unsynchronized_without_the_control_process() -> None:
     """After the backend timeout the kernel itself switches to LI=3 stratum 0 refid 0, even
     while ``pyresponder xdp`` is stopped (it computed the moment from syncstate beforehand)."""

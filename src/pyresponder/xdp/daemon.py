@@ -240,6 +240,14 @@ class XdpDaemon:
         if self.sample is None:
             return  # never written: the kernel passes every request to the socket path
         state = evaluate(self.sample, now, self.config.policy)
+        if self.active == 0 and not state.synchronized:
+            # Until the first synchronized state the socket path decides (it may wait for
+            # --ready-timeout or refuse to serve at all with --require-sync): keep passing.
+            if self.state is None:
+                log.info("not synchronized yet (%s): the kernel passes every request",
+                         state.reason)
+            self.state = state
+            return
         policy = self.config.policy
         until = maps.valid_until(self.sample, now, policy) if state.synchronized else now
         value = maps.slot_value(maps.SlotInput(
