@@ -2,11 +2,21 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+
+SCENARIO = Path(__file__).resolve().parents[1]
+REPO = SCENARIO.parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.ansible import run_playbook  # noqa: E402
 
 SCRAPE = (
     "import urllib.request; "
@@ -24,6 +34,23 @@ def dexec(container):
     def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["docker", "exec", container, *argv], capture_output=True,
                               text=True, timeout=60, check=check)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def playbook(container, tmp_path_factory):
+    """site.yml against the container with this scenario's variables, plus -e overrides."""
+    inv = tmp_path_factory.mktemp("inventory")
+    (inv / "hosts.yml").write_text(
+        "all:\n  children:\n    ntp_servers:\n      hosts:\n"
+        f"        {container}:\n          ansible_connection: community.docker.docker\n"
+    )
+    shutil.copytree(SCENARIO.parent / "default" / "inventory" / "group_vars", inv / "group_vars")
+    shutil.copytree(SCENARIO / "inventory" / "host_vars", inv / "host_vars")
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return run_playbook(inv, "site.yml", *extra, timeout=600)
 
     return run
 
@@ -119,3 +146,33 @@ def test_killed_unit_leaves_the_colours_answering_and_comes_back(dexec, address)
     new_pid = dexec("systemctl", "show", "-p", "MainPID", "--value",
                     "pyresponder-xdp.service").stdout.strip()
     assert new_pid not in (pid, "0")
+
+
+@pytest.mark.timeout(1200)
+def test_an_interface_refusing_xdp_fails_with_one_line_and_the_colours_serve(
+    dexec, address, playbook
+):
+    result = playbook("-e", "ntp_frontend_xdp_interface=lo", "-e", "ntp_frontend_xdp_mode=native")
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert "pyresponder-xdp.service failed: pyresponder xdp: interface lo refuses XDP" \
+        in result.stdout, result.stdout[-3000:]
+    state = dexec("systemctl", "is-active", "pyresponder-xdp.service", check=False).stdout
+    assert state.strip() in ("failed", "inactive")
+    for _ in range(10):
+        assert ask(address) is not None  # the colours answer everything
+    # Back to eth0: the unit changes again and runs.
+    result = playbook()
+    assert result.returncode == 0, result.stdout[-3000:]
+    wait_active(dexec)
+
+
+@pytest.mark.timeout(600)
+def test_switching_off_removes_the_unit(dexec, address, playbook):
+    result = playbook("-e", "ntp_frontend_xdp_interface=")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert dexec("test", "-e", "/etc/systemd/system/pyresponder-xdp.service",
+                 check=False).returncode != 0
+    state = dexec("systemctl", "is-active", "pyresponder-xdp.service", check=False).stdout
+    assert state.strip() != "active"
+    assert dexec("ip", "-d", "link", "show", "dev", "eth0").stdout.count("prog/xdp") == 0
+    assert ask(address) is not None
