@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test lint test-python test-molecule bench clean
+.PHONY: demo test lint test-python test-molecule bench bench-xdp bpf clean
 
 demo: ## provision a local systemd container with site.yml and show it serving time
 	bash scripts/demo
@@ -20,6 +20,8 @@ lint:
 test-python:
 	bash scripts/install-chrony
 	bash scripts/install-prometheus
+	bash scripts/install-bpf-toolchain
+	bash scripts/build-bpf
 	bash scripts/setup-venv test,lint,ansible
 	pytest -q -ra tests
 
@@ -31,5 +33,16 @@ bench: ## pyresponder vs chronyd, side by side; prints the ratios
 	bash scripts/setup-venv test,bench
 	python bench/run.py
 
+bpf: ## compile the XDP program (needs clang: scripts/install-bpf-toolchain)
+	bash scripts/build-bpf
+
+bench-xdp: ## the same plus the XDP fast path, all on a veth pair in namespaces (root)
+	bash scripts/install-chrony
+	bash scripts/install-bpf-toolchain
+	bash scripts/build-bpf
+	bash scripts/setup-venv test,bench
+	python bench/run.py --xdp
+
 clean:
+	rm -f src/pyresponder/bpf/*.o
 	rm -rf $(VENV) build dist src/*.egg-info bench/out

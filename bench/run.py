@@ -6,10 +6,18 @@ reply rate at less than 1% loss. Servers are interleaved within each repetition 
 the repetitions are reported, with the replies per second of server CPU time at that peak, the p99
 response time at half of that peak, and the ratios against chronyd.
 
-Usage: python bench/run.py [--quick] [--reps N] [--duration S] [--out DIR]
+Usage: python bench/run.py [--quick] [--reps N] [--duration S] [--out DIR] [--xdp]
 
-Safety: traffic goes to 127.0.0.1 only; chronyd runs with -x (never touches the clock); every step
-of load is bounded in time and count by ntpload itself; only processes started here are stopped.
+With --xdp (root, kernel >= 6.1, the XDP object built) every server runs in a network namespace and
+the generator in another, joined by a veth pair, and the XDP fast path (``pyresponder xdp``) is
+swept beside them: its CPU is the machine's softirq time (an upper bound: it includes the veth
+delivery of the other side too), and its program time per packet comes from BPF run-time stats
+(BPF_ENABLE_STATS: on while this process holds the fd; no sysctl is changed).
+
+Safety: traffic goes to 127.0.0.1, or with --xdp only inside the namespaces made here (deleted at
+the end, which also detaches the XDP programs); chronyd runs with -x (never touches the clock);
+every step of load is bounded in time and count by ntpload itself; only processes started here
+are stopped.
 """
 
 from __future__ import annotations
@@ -71,6 +79,8 @@ class Config:
     quick: bool
     replot: Path | None = None
     combine: tuple[Path, ...] = ()
+    xdp: bool = False  # servers in a namespace behind a veth pair, plus the XDP path
+    xdp_mode: str = "native"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -83,9 +93,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--out", type=Path, default=BENCH / "out", help="output folder")
     parser.add_argument(
         "--servers",
-        default="chronyd,py1,py2",
-        help="comma-separated subset of chronyd,py1,py2 (py<N> = pyresponder with N workers)",
+        default=None,
+        help="comma-separated subset of chronyd,py1,py2,xdp (py<N> = pyresponder with N workers;"
+        " xdp needs --xdp); default chronyd,py1,py2 (with --xdp: and xdp)",
     )
+    parser.add_argument(
+        "--xdp",
+        action="store_true",
+        help="run the servers in a network namespace behind a veth pair and add the XDP fast "
+        "path (root, kernel >= 6.1)",
+    )
+    parser.add_argument("--xdp-mode", choices=("native", "generic"), default="native")
     parser.add_argument(
         "--pyresponder-args",
         default="",
@@ -133,9 +151,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     duration = args.duration if args.duration is not None else (0.5 if quick else 2.0)
     if reps < 1 or not 0 < duration <= 30:
         parser.error("--reps must be >= 1 and --duration in (0, 30]")
-    servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
+    names = args.servers or ("chronyd,py1,py2,xdp" if args.xdp else "chronyd,py1,py2")
+    servers = tuple(s.strip() for s in names.split(",") if s.strip())
     for name in servers:
-        if name != "chronyd" and not (name.startswith("py") and name[2:].isdigit()):
+        if name == "xdp" and not args.xdp:
+            parser.error("server xdp needs --xdp")
+        if name not in ("chronyd", "xdp") and not (name.startswith("py") and name[2:].isdigit()):
             parser.error(f"unknown server {name!r}")
     return Config(
         reps=reps,
@@ -159,6 +180,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         quick=quick,
         replot=args.replot,
         combine=tuple(args.combine or ()),
+        xdp=args.xdp,
+        xdp_mode=args.xdp_mode,
     )
 
 
@@ -200,6 +223,7 @@ class Step:
     other_cores: float  # CPU used meanwhile by other processes on the machine (noise)
     softirq_cores: float  # softirq time, charged to no process (loopback delivery, mostly)
     kind: str = "grid"  # grid, bisect (refining the knee) or half (latency at half the max)
+    prog_ns_per_packet: float = 0.0  # XDP only: BPF run time per program run
 
     @property
     def gen_limited(self) -> bool:
@@ -275,8 +299,26 @@ def system_cpu() -> tuple[float, float]:
     return (user + nice + system + steal) / CLK_TCK, softirq / CLK_TCK
 
 
+@dataclass
+class Net:
+    """Where the generator sends: loopback, or (--xdp) the server side of a veth pair."""
+
+    host: str = "127.0.0.1"
+    listen_host: str = "127.0.0.1"
+    client_ns: str | None = None
+    server_ns: str | None = None
+    xdp_pids: dict[int, int] = field(default_factory=dict)  # server pid -> XDP program fd
+
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.client_ns] if self.client_ns else []
+
+
+NET = Net()
+
+
 def run_step(cfg: Config, binary: Path, port: int, server_pid: int, rate: int) -> Step:
     cmd = [
+        *NET.prefix(),
         str(binary),
         "-r", str(rate),
         "-d", str(cfg.duration),
@@ -284,8 +326,11 @@ def run_step(cfg: Config, binary: Path, port: int, server_pid: int, rate: int) -
         "-t", str(cfg.gen_threads),
         "-w", str(cfg.drain_ms),
         "-l", str(cfg.late_ms),
-        "127.0.0.1", str(port),
+        *(["-N"] if NET.client_ns else []),
+        NET.host, str(port),
     ]  # fmt: skip
+    prog_fd = NET.xdp_pids.get(server_pid)
+    prog_before = program_run_stats(prog_fd) if prog_fd is not None else (0, 0)
     before = cpu_times(server_pid)
     sys_before = system_cpu()
     cpu = cfg.gen_cpu
@@ -305,6 +350,13 @@ def run_step(cfg: Config, binary: Path, port: int, server_pid: int, rate: int) -
     r: dict[str, Any] = json.loads(proc.stdout)
     time.sleep(cfg.settle)
     server_cpu = cpu_used(before, after)
+    prog_ns = 0.0
+    if prog_fd is not None:
+        # The XDP program runs in softirq context, charged to no process: count that time.
+        server_cpu += sys_after[1] - sys_before[1]
+        prog_after = program_run_stats(prog_fd)
+        runs = prog_after[1] - prog_before[1]
+        prog_ns = (prog_after[0] - prog_before[0]) / runs if runs > 0 else 0.0
     wall = float(r["wall_s"])
     tasks = sys_after[0] - sys_before[0]
     other = max(tasks - server_cpu - float(r["gen_cpu_s"]), 0.0)
@@ -326,6 +378,7 @@ def run_step(cfg: Config, binary: Path, port: int, server_pid: int, rate: int) -
         wall_s=wall,
         other_cores=other / wall,
         softirq_cores=(sys_after[1] - sys_before[1]) / wall,
+        prog_ns_per_packet=prog_ns,
     )
 
 
@@ -350,10 +403,12 @@ def pyresponder_bin() -> str | None:
 def probe_ok(port: int) -> bool:
     """True when 127.0.0.1:PORT answers a client request with a synchronized mode-4 reply."""
     request = bytes([0x23]) + bytes(39) + os.urandom(8)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with in_namespace(NET.client_ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
         sock.settimeout(0.3)
         try:
-            sock.sendto(request, ("127.0.0.1", port))
+            sock.sendto(request, (NET.host, port))
             reply = sock.recv(1024)
         except OSError:
             return False
@@ -382,12 +437,12 @@ class PyResponder:
         self.log_path = logdir / f"pyresponder-{workers}w.log"
         cmd = [
             binary, "serve",
-            "--listen", f"127.0.0.1:{self.port}",
+            "--listen", f"{NET.listen_host}:{self.port}",
             "--backend", f"127.0.0.1:{backend_port}",
             "--workers", str(workers),
             *extra,
         ]  # fmt: skip
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("wb") as log, in_namespace(NET.server_ns):
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -418,19 +473,126 @@ class PyResponder:
                 os.kill(pid, signal.SIGKILL)
 
 
+def in_namespace(name: str | None) -> contextlib.AbstractContextManager[None]:
+    """Enter a test namespace for the moment (sockets and processes made meanwhile stay there)."""
+    if name is None:
+        return contextlib.nullcontext()
+    from tests.support.netns import entered  # noqa: PLC0415 (only with --xdp)
+
+    return entered(name)
+
+
+class NamespaceChronyd(Chronyd):
+    """The benchmark's chronyd inside the server namespace, answering on every address there."""
+
+    def config_text(self) -> str:
+        return super().config_text().replace("bindaddress 127.0.0.1\n", "").replace(
+            "allow 127.0.0.1\n", "allow all\n"
+        )
+
+
+@contextlib.contextmanager
+def xdp_bed(cfg: Config, notes: list[str]) -> Iterator[Any]:
+    """With --xdp: the veth pair, the peer's pass program and BPF run-time stats, else nothing."""
+    if not cfg.xdp:
+        yield None
+        return
+    from pyresponder.xdp import libbpf  # noqa: PLC0415
+    from tests.support.netns import VethPair  # noqa: PLC0415
+    from tests.support.xdp import PeerPass, skip_reason  # noqa: PLC0415
+
+    reason = skip_reason()
+    if reason is not None:
+        raise SystemExit(f"bench: --xdp is not possible here: {reason}")
+    pair = VethPair("b").open()
+    peer = None
+    stats_fd = -1
+    try:
+        if cfg.xdp_mode == "native":
+            peer = PeerPass(pair.client)
+        stats_fd = libbpf.enable_run_time_stats()
+        NET.host, NET.listen_host = pair.server.ipv4, "0.0.0.0"
+        NET.client_ns, NET.server_ns = pair.client.ns, pair.server.ns
+        notes.append(
+            f"--xdp: servers in namespace {pair.server.ns} ({pair.server.ipv4}), generator in "
+            f"{pair.client.ns}, one veth pair; XDP in {cfg.xdp_mode} mode"
+        )
+        yield pair
+    finally:
+        NET.host, NET.listen_host, NET.client_ns, NET.server_ns = (
+            "127.0.0.1", "127.0.0.1", None, None
+        )
+        for fd in NET.xdp_pids.values():
+            os.close(fd)
+        NET.xdp_pids.clear()
+        if stats_fd >= 0:
+            os.close(stats_fd)
+        if peer is not None:
+            peer.close()
+        pair.close()
+
+
+def program_run_stats(fd: int) -> tuple[int, int]:
+    from pyresponder.xdp.libbpf import program_run_stats as stats  # noqa: PLC0415
+
+    return stats(fd)
+
+
+def start_xdp(cfg: Config, pair: Any, backend_port: int, port: int) -> subprocess.Popen[bytes]:
+    """``pyresponder xdp`` on the server's veth end, answering ``port``; registers its program."""
+    from pyresponder.xdp import libbpf  # noqa: PLC0415
+
+    log_path = cfg.out / "pyresponder-xdp.log"
+    cmd = [
+        sys.executable, "-m", "pyresponder", "xdp",
+        "--interface", pair.server.dev, "--xdp-mode", cfg.xdp_mode, "--port", str(port),
+        "--backend", f"127.0.0.1:{backend_port}", "--counters-file", "-",
+    ]  # fmt: skip
+    with log_path.open("wb") as log, in_namespace(NET.server_ns):
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while "kernel replies synchronized" not in log_path.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"pyresponder xdp did not start: {log_path.read_text()[-500:]}")
+        time.sleep(0.1)
+    shown = subprocess.run(["ip", "-n", pair.server.ns, "-j", "-d", "link", "show", "dev",
+                            pair.server.dev], capture_output=True, text=True, check=True)
+    link = json.loads(shown.stdout)[0]
+    program_id = int(link["xdp"]["prog"]["id"])
+    NET.xdp_pids[process.pid] = libbpf.program_fd_by_id(program_id)
+    return process
+
+
 @contextlib.contextmanager
 def servers_running(cfg: Config, notes: list[str]) -> Iterator[tuple[list[Server], Server]]:
     """Start chronyd and the pyresponder instances; yield (servers to sweep, chronyd)."""
-    chronyd = Chronyd()
+    with xdp_bed(cfg, notes) as pair, _servers_running(cfg, notes, pair) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _servers_running(
+    cfg: Config, notes: list[str], pair: Any
+) -> Iterator[tuple[list[Server], Server]]:
+    chronyd = NamespaceChronyd() if pair is not None else Chronyd()
     started: list[PyResponder] = []
+    xdp_process: subprocess.Popen[bytes] | None = None
     try:
-        chronyd.start()
+        with in_namespace(NET.server_ns):
+            chronyd.start()
         servers: list[Server] = []
         binary = pyresponder_bin()
         chronyd_server = Server("chronyd", "chronyd", chronyd.port, chronyd.pid())
         for key in cfg.servers:
             if key == "chronyd":
                 servers.append(chronyd_server)
+                continue
+            if key == "xdp":
+                port = free_udp_port()
+                xdp_process = start_xdp(cfg, pair, chronyd.port, port)
+                label = f"XDP ({cfg.xdp_mode})"
+                servers.append(Server("xdp", label, port, xdp_process.pid))
                 continue
             workers = int(key[2:])
             label = f"pyresponder {workers}w"
@@ -452,6 +614,13 @@ def servers_running(cfg: Config, notes: list[str]) -> Iterator[tuple[list[Server
     finally:
         for resp in started:
             resp.stop()
+        if xdp_process is not None and xdp_process.poll() is None:
+            xdp_process.terminate()
+            try:
+                xdp_process.wait(10)
+            except subprocess.TimeoutExpired:
+                xdp_process.kill()
+                xdp_process.wait(5)
         chronyd.cleanup()
 
 
@@ -602,8 +771,10 @@ def wait_quiet(max_wait: float) -> float:
 def generator_check(cfg: Config, binary: Path, chronyd: Server) -> dict[str, Any]:
     """The generator's own ceiling: flat out into a sink that never reads, then against chronyd."""
     flat_out = 1_000_000  # ntpload's cap: it sends as fast as it can
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
-        sink.bind(("127.0.0.1", 0))
+    with in_namespace(NET.server_ns):
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sink:
+        sink.bind((NET.host, 0))
         sink_port: int = sink.getsockname()[1]
         # The sink's pid is ours; its CPU is not what is measured here.
         alone = run_step(cfg, binary, sink_port, os.getpid(), flat_out)
@@ -676,6 +847,9 @@ def summarize(cfg: Config, servers: list[Server], sweeps: list[Sweep]) -> dict[s
             "gen_cpu_share_at_max": med([b.gen_cpu_s / b.wall_s for b in bests]),
             "p99_us_at_half_max": med([float(h.p99_us) for h in halves]),
             "p50_us_at_half_max": med([float(h.p50_us) for h in halves]),
+            "prog_ns_per_packet_at_max": med(
+                [b.prog_ns_per_packet for b in bests if b.prog_ns_per_packet > 0]
+            ),
             "gen_bound_sweeps": sum(1 for s in mine if s.gen_bound),
             "unsync_replies": sum(st.unsync for s in mine for st in s.steps),
             "other_cores_median": med([st.other_cores for s in mine for st in s.steps]),
@@ -895,6 +1069,12 @@ def report(
             + " (their max is a lower bound)."
         )
     lines.extend(f"note: {n}" for n in notes)
+    for entry in summary.values():
+        if entry.get("prog_ns_per_packet_at_max"):
+            lines.append(
+                f"{entry['label']}: program time {entry['prog_ns_per_packet_at_max']:.0f} ns per "
+                "packet at the max (BPF run-time stats); its CPU is the machine's softirq time"
+            )
     for entry in summary.values():
         if entry["unsync_replies"]:
             lines.append(

@@ -1,4 +1,4 @@
-"""Command line: ``pyresponder serve`` and ``pyresponder probe``."""
+"""Command line: ``pyresponder serve``, ``pyresponder probe`` and ``pyresponder xdp``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .ratelimit import RateLimitPolicy
 from .sockets import DEFAULT_RECEIVE_BUFFER, MAX_RECEIVE_BUFFER
 from .supervisor import ServeConfig, Supervisor
 from .syncstate import SyncPolicy
+from .xdp.command import add_xdp_command
 
 EXIT_OK = 0
 EXIT_UNSYNCHRONIZED = 1
@@ -118,10 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_listen_options(serve)
     add_backend_options(serve)
     _add_worker_options(serve)
-    _add_rate_limit_options(serve)
+    add_rate_limit_options(serve)
     _add_metrics_options(serve)
     _add_control_options(serve)
     _add_probe_command(commands)
+    add_xdp_command(commands)
     return parser
 
 
@@ -242,10 +244,14 @@ def _add_worker_options(serve: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_rate_limit_options(serve: argparse.ArgumentParser) -> None:
-    limits = serve.add_argument_group(
+def add_rate_limit_options(parser: argparse.ArgumentParser) -> None:
+    """--rate-limit and its settings (serve and xdp share them, so both apply one limit).
+
+    ``rate_limit_policy_from_args`` turns the parsed values into a ``RateLimitPolicy``.
+    """
+    limits = parser.add_argument_group(
         "rate limiting (off by default)",
-        "Per client address, shared by all workers, in a fixed-size table. Many clients behind "
+        "Per client address (IPv6: per /64), in a fixed-size table. Many clients behind "
         "one carrier-grade NAT share an address: keep the limits generous.",
     )
     limits.add_argument("--rate-limit", action="store_true", help="switch rate limiting on")
@@ -269,6 +275,22 @@ def _add_rate_limit_options(serve: argparse.ArgumentParser) -> None:
     limits.add_argument(
         "--rate-limit-slots", type=whole(1, MAX_COUNT), default=65536, metavar="N",
         help="clients tracked at most (16 bytes each; default 65536)",
+    )
+
+
+def rate_limit_policy_from_args(args: argparse.Namespace) -> RateLimitPolicy | None:
+    """The policy of the options ``add_rate_limit_options`` added; None when off.
+
+    ValueError (one line) for settings that could refuse the pool monitor.
+    """
+    if not args.rate_limit:
+        return None
+    return RateLimitPolicy(
+        interval=args.rate_limit_interval,
+        burst=args.rate_limit_burst,
+        leak=args.rate_limit_leak,
+        kod=args.rate_limit_kod,
+        slots=args.rate_limit_slots,
     )
 
 
@@ -362,13 +384,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         batch=args.batch,
         send_batch=min(args.send_batch, args.batch),
         metrics=args.metrics,
-        rate_limit=RateLimitPolicy(
-            interval=args.rate_limit_interval,
-            burst=args.rate_limit_burst,
-            leak=args.rate_limit_leak,
-            kod=args.rate_limit_kod,
-            slots=args.rate_limit_slots,
-        ) if args.rate_limit else None,
+        rate_limit=rate_limit_policy_from_args(args),
         kernel_timestamps=args.timestamps == "kernel",
         require_sync=args.require_sync,
         worker_sockets=args.worker_sockets,
@@ -439,4 +455,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args, parser)
+    if args.command == "xdp":
+        return int(args.run(args, parser))
     return _probe(args)

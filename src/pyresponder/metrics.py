@@ -23,6 +23,7 @@ from . import __version__
 from .endpoints import Endpoint
 from .shared import SharedState
 from .syncstate import SyncPolicy, evaluate
+from .xdp import counters as xdp_counters
 
 DROP_REASONS = {"dropped_length": "length", "dropped_version": "version", "dropped_mode": "mode"}
 
@@ -81,11 +82,12 @@ class Collector:
     """Reads the shared memory at scrape time; nothing is cached between scrapes."""
 
     def __init__(self, shared: SharedState, sockets: Sequence[SocketInfo], policy: SyncPolicy,
-                 workers: int) -> None:
+                 workers: int, xdp_snapshot: Path | None = None) -> None:
         self.shared = shared
         self.sockets = list(sockets)
         self.policy = policy
         self.workers = workers
+        self.xdp_snapshot = xdp_snapshot or xdp_counters.default_path()
 
     def collect(self) -> Iterator[object]:
         from prometheus_client.core import (  # noqa: PLC0415 (optional dependency)
@@ -95,6 +97,10 @@ class Collector:
         )
 
         labels = ["listen_address"]
+        # ntp_server_* counters say which path answered: "socket" here, "xdp" for the kernel
+        # fast path (pyresponder xdp, whose counters arrive through a snapshot file).
+        path_labels = [*labels, "path"]
+        xdp = xdp_counters.read(self.xdp_snapshot)
         per_socket = [self.shared.listener_totals(i) for i in range(len(self.sockets))]
         simple = {
             "received": ("ntp_server_received_packets", "Requests received"),
@@ -104,20 +110,26 @@ class Collector:
             "kod_sent": ("pyresponder_kod_sent", "Kiss-o'-death RATE replies sent"),
         }
         for key, (name, text) in simple.items():
-            family = CounterMetricFamily(name, text, labels=labels)
+            with_path = name.startswith("ntp_server_")
+            family = CounterMetricFamily(name, text, labels=path_labels if with_path else labels)
             for info, totals in zip(self.sockets, per_socket, strict=True):
-                family.add_metric([info.name], totals[key])
+                family.add_metric([info.name, "socket"] if with_path else [info.name],
+                                  totals[key])
+            if xdp is not None and key in xdp.counters and with_path:
+                family.add_metric([xdp.interface, "xdp"], xdp.counters[key])
             yield family
+        if xdp is not None:
+            yield from _xdp_families(xdp, GaugeMetricFamily, CounterMetricFamily)
         ignored = CounterMetricFamily(
             "ntp_server_ignored_packets", "Requests dropped as malformed or not to be answered",
-            labels=labels,
+            labels=path_labels,
         )
         dropped = CounterMetricFamily(
             "pyresponder_dropped_packets", "Requests dropped, by reason",
             labels=[*labels, "reason"],
         )
         for info, totals in zip(self.sockets, per_socket, strict=True):
-            ignored.add_metric([info.name], sum(totals[key] for key in DROP_REASONS))
+            ignored.add_metric([info.name, "socket"], sum(totals[key] for key in DROP_REASONS))
             for key, reason in DROP_REASONS.items():
                 dropped.add_metric([info.name, reason], totals[key])
         yield ignored
@@ -192,6 +204,25 @@ class Collector:
                     value=sample.root_dispersion)
         yield gauge("pyresponder_backend_last_reply_age_seconds",
                     "Seconds since the last valid backend reply", value=now - sample.received_at)
+
+
+def _xdp_families(snapshot: xdp_counters.Snapshot, gauge: type,
+                  counter: type) -> Iterator[object]:
+    """The kernel fast path's own figures (what it handed to the socket path, and its mode)."""
+    attached = gauge("pyresponder_xdp_attached", "1 while the XDP program is attached",
+                     labels=["interface", "mode"])
+    attached.add_metric([snapshot.interface, snapshot.mode], 1)
+    yield attached
+    passed = counter("pyresponder_xdp_passed_packets",
+                     "Requests the XDP program left to the socket path, by reason",
+                     labels=["interface", "reason"])
+    for key, value in sorted(snapshot.counters.items()):
+        if key.startswith("passed_"):
+            passed.add_metric([snapshot.interface, key.removeprefix("passed_")], value)
+    yield passed
+    yield counter("pyresponder_xdp_unsynchronized_replies",
+                  "Replies the XDP program sent with LI=3 (unsynchronized)",
+                  value=snapshot.counters.get("answered_unsynchronized", 0))
 
 
 class _QuietHandler(WSGIRequestHandler):
