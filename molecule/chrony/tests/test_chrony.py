@@ -170,7 +170,8 @@ def test_role_restart_of_chrony_gives_no_li3(dexec, playbook, tools_in_container
     """A chrony.conf change through the role: the `restart chrony` handler, under a stream."""
     _wait_chain_synchronized(dexec)
     before = _chronyd_pid(dexec)
-    extra = '{"chrony_backend_extra_config": ["# molecule: a chrony.conf change"]}'
+    # A new line every run, so the file changes also when verify runs again.
+    extra = json.dumps({"chrony_backend_extra_config": [f"# molecule: change {time.time()}"]})
     results = []
     front, backend, took = _under_streams(
         dexec, lambda: results.append(playbook("site.yml", "--tags", "chrony", "-e", extra))
