@@ -22,12 +22,12 @@ from tests.support.ansible import run_playbook  # noqa: E402
 COLOURS = ("blue", "green")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def container(host) -> str:
     return os.environ.get("MOLECULE_CONTAINER") or host.backend.get_hostname()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dexec(container):
     def run(
         *argv: str, timeout: float = 60, check: bool = True
@@ -53,7 +53,7 @@ def make_inventory(path: Path, name: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playbook(container, tmp_path_factory):
     inv = make_inventory(tmp_path_factory.mktemp("inventory"), container)
 
@@ -63,7 +63,7 @@ def playbook(container, tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tools_in_container(container) -> None:
     """The load client and ntplib (one module) in the container."""
     subprocess.run(["docker", "exec", container, "mkdir", "-p", "/tmp/pyr-test"], check=True)

@@ -65,6 +65,7 @@ def test_reboots_keep_notrack_and_answer_within_a_second(container, dexec):
     _install_boot_probe(container, dexec)
     results = []
     for n in range(REBOOTS):
+        dexec("rm", "-f", "/var/tmp/pyr-test/boot.json")
         subprocess.run(
             ["docker", "restart", container], check=True, timeout=120, capture_output=True
         )
