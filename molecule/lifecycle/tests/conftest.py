@@ -115,6 +115,11 @@ def probe_123(container: str) -> dict | None:
     return json.loads(r.stdout) if r.stdout.startswith("{") else None
 
 
+def flat(text: str) -> str:
+    """Output with every run of white space made one space (Ansible wraps long messages)."""
+    return " ".join(text.split())
+
+
 def wait_for(what: Callable[[], bool], seconds: float, step: float = 0.5) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from conftest import COLOURS, colours, enabled, serving, wait_synchronized
+from conftest import COLOURS, colours, enabled, flat, serving, wait_synchronized
 
 RATE = 500
 MAX_SECONDS = 240  # hard bound on each stream
@@ -77,7 +77,7 @@ def test_lying_state_and_a_release_that_cannot_sync(container, dexec, playbook, 
     time.sleep(1)
     stream = _stop_stream(dexec)
     print(f"cannot-sync rollout: playbook {play_seconds:.1f} s, stream {stream}")
-    out = r.stdout + r.stderr
+    out = flat(r.stdout + r.stderr)
     assert r.returncode != 0, out[-3000:]
     assert "ROLLOUT FAILED" in out and f"Colour {before[0]} keeps serving" in out, out[-3000:]
     _assert_clean(stream, play_seconds)
@@ -91,7 +91,7 @@ def test_lying_state_and_a_release_that_cannot_sync(container, dexec, playbook, 
     dexec("sh", "-c", "rm -f /var/lib/pyresponder/*")
     r = playbook("site.yml")
     assert r.returncode == 0, r.stdout[-3000:]
-    assert "rollout of" not in r.stdout, r.stdout[-3000:]
+    assert "rollout of" not in flat(r.stdout), r.stdout[-3000:]
     assert serving(container) == before and enabled(container) == before
     assert dexec("cat", "/var/lib/pyresponder/active").stdout.strip() == before[0]
 
@@ -128,7 +128,7 @@ def test_both_colours_running_end_with_one(container, dexec, playbook, tools_in_
     stream = _stop_stream(dexec)
     print(f"both colours + unit change: playbook {play_seconds:.1f} s, stream {stream}")
     assert r.returncode == 0, r.stdout[-3000:]
-    assert "both colours are serving" in r.stdout
+    assert "both colours are serving" in flat(r.stdout), r.stdout[-3000:]
     _assert_clean(stream, play_seconds)
     now = serving(container)
     assert len(now) == 1 and enabled(container) == now, colours(container)
@@ -140,7 +140,7 @@ def test_both_colours_running_end_with_one(container, dexec, playbook, tools_in_
     # Back to the defaults: a unit-only change again, one rollout, then nothing to do.
     r = playbook("site.yml")
     assert r.returncode == 0, r.stdout[-3000:]
-    assert "release, settings or unit file changed" in r.stdout
+    assert "release, settings or unit file changed" in flat(r.stdout), r.stdout[-3000:]
     again = playbook("site.yml")
     assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
     assert len(serving(container)) == 1 and enabled(container) == serving(container)

@@ -4,7 +4,7 @@ check.yml (in check mode) reports that nothing answers, without crashing."""
 import subprocess
 
 import pytest
-from conftest import make_inventory, wait_for
+from conftest import flat, make_inventory, wait_for
 
 from tests.support.ansible import run_playbook
 
@@ -68,7 +68,7 @@ def test_check_mode_on_a_fresh_host(fresh):
     r = run_playbook(inv, "site.yml", "--check", timeout=500)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "failed=0" in r.stdout
-    assert "no colour is serving" in r.stdout, r.stdout[-3000:]
+    assert "no colour is serving" in flat(r.stdout), r.stdout[-3000:]
     assert (
         subprocess.run(
             ["docker", "exec", name, "test", "-e", "/opt/pyresponder"], check=False
@@ -76,7 +76,7 @@ def test_check_mode_on_a_fresh_host(fresh):
         != 0
     ), "check mode installed something"
     c = run_playbook(inv, "playbooks/check.yml", "--check", "-e", "ntp_check_from_control=false")
-    out = c.stdout + c.stderr
+    out = flat(c.stdout + c.stderr)
     assert c.returncode != 0, out[-3000:]
     assert "on host: NO ANSWER" in out, out[-3000:]
     assert "from_json" not in out and "is not serving good time" in out, out[-3000:]
