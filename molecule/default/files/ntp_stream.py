@@ -26,6 +26,7 @@ def main() -> int:
     ap.add_argument("--started-file", default="/tmp/ntp_stream.started")
     ap.add_argument("--out", default="/tmp/ntp_stream.json")
     ap.add_argument("--drain", type=float, default=3.0)
+    ap.add_argument("--late", type=float, default=1.0, help="seconds after which a reply is late")
     a = ap.parse_args()
     for f in (a.stop_file, a.out):
         if os.path.exists(f):
@@ -40,12 +41,13 @@ def main() -> int:
     req = bytearray(48)
     req[0] = (0 << 6) | (4 << 3) | 3  # LI 0, version 4, mode 3 (client)
     got: set[int] = set()
-    dup = unsync = bad = 0
+    dup = unsync = bad = late = 0
+    sent_at: list[float] = []
     max_gap = 0.0
     last_reply = None
 
     def drain() -> None:
-        nonlocal dup, unsync, bad, max_gap, last_reply
+        nonlocal dup, unsync, bad, late, max_gap, last_reply
         while True:
             try:
                 data = s.recv(512)
@@ -69,6 +71,8 @@ def main() -> int:
                 dup += 1
                 continue
             got.add(seq)
+            if seq < len(sent_at) and now - sent_at[seq] > a.late:
+                late += 1
             if data[0] >> 6 == 3 or data[1] == 0:
                 unsync += 1
 
@@ -90,6 +94,7 @@ def main() -> int:
             struct.pack_into("!II", req, 40, magic, sent)
             try:
                 s.send(req)
+                sent_at.append(time.monotonic())
             except BlockingIOError:
                 break
             except ConnectionRefusedError:
@@ -109,6 +114,7 @@ def main() -> int:
         "lost": sent - len(got),
         "duplicates": dup,
         "unsynchronized": unsync,
+        "late": late,
         "bad": bad,
         "seconds": round(send_seconds, 2),
         "rate": round(sent / send_seconds, 1) if send_seconds else 0,

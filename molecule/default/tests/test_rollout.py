@@ -10,13 +10,17 @@ MAX_SECONDS = 150  # hard bound on the stream (RATE x MAX_SECONDS requests at mo
 FAILED_RATE = 500  # requests per second while a failed release is tried
 
 
-def _active(dexec) -> str:
-    return dexec("cat", "/var/lib/pyresponder/active").stdout.strip()
-
-
 def _running(dexec, colour: str) -> bool:
     r = dexec("systemctl", "is-active", f"pyresponder@{colour}", check=False)
     return r.stdout.strip() == "active"
+
+
+def _active(dexec) -> str:
+    """The one serving colour, from systemd (the cache file must agree with it)."""
+    active = [c for c in ("blue", "green") if _running(dexec, c)]
+    assert len(active) == 1, active
+    assert dexec("cat", "/var/lib/pyresponder/active").stdout.strip() == active[0]
+    return active[0]
 
 
 def _probe_123(dexec) -> dict:

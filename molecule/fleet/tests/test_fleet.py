@@ -17,7 +17,8 @@ if str(REPO) not in sys.path:
 
 from tests.support.ansible import run_playbook  # noqa: E402
 
-HOSTS = ["pyresponder-fleet-a", "pyresponder-fleet-b"]  # inventory order = batch order
+PREFIX = os.environ.get("PYR_MOLECULE_PREFIX", "pyresponder")
+HOSTS = [f"{PREFIX}-fleet-a", f"{PREFIX}-fleet-b"]  # inventory order = batch order
 
 
 def _dexec(name: str, *argv: str) -> str:
