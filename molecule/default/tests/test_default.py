@@ -53,7 +53,10 @@ def test_exactly_one_colour_with_expected_workers(host):
     workers = [c for c in children if c.startswith("pyresponder-w")]
     assert len(workers) == GROUP_VARS["ntp_frontend_workers"], children
     assert children.count("pyresponder-m") == 1, children
-    assert f"--workers {GROUP_VARS['ntp_frontend_workers']}" in host.process.get(pid=main_pid).args
+    args = host.process.get(pid=main_pid).args
+    assert f"--workers {GROUP_VARS['ntp_frontend_workers']}" in args
+    # The role's default holdover reaches the daemon (bridges a chronyd restart).
+    assert "--holdover 60" in args, args
 
 
 def test_responder_is_unprivileged_and_sandboxed(host):
