@@ -194,11 +194,16 @@ def test_role_restart_of_chrony_gives_no_li3(dexec, playbook, tools_in_container
 
 @pytest.mark.timeout(600)
 def test_bad_upstream_option_fails_before_anything_changes(dexec, playbook):
+    """Also with a chrony.conf that differs from what this run renders (the previous test added
+    a line): a bad source must not let the chrony.conf change and its restart through."""
     before = _chronyd_pid(dexec)
     sources = dexec("cat", "/etc/chrony/sources.d/pyresponder.sources").stdout
+    conf = dexec("cat", "/etc/chrony/chrony.conf").stdout
     extra = '{"chrony_backend_servers": [{"host": "127.0.0.1", "options": "bogus"}]}'
     r = playbook("site.yml", "--tags", "chrony", "-e", extra)
     assert r.returncode != 0
     assert "rejected by `chronyd -p`" in r.stdout, r.stdout[-3000:]
     assert dexec("cat", "/etc/chrony/sources.d/pyresponder.sources").stdout == sources
+    assert dexec("cat", "/etc/chrony/chrony.conf").stdout == conf
+    assert "RUNNING HANDLER [chrony_backend : Restart chronyd]" not in r.stdout
     assert _chronyd_pid(dexec) == before
