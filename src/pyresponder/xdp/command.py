@@ -20,17 +20,12 @@ from .libbpf import BpfError
 EXIT_FAILED = 1
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a port number from 1 to 65535")
-    return int(text)
-
-
 def add_xdp_command(commands: Any) -> None:
     """Add ``xdp`` to the subcommands of cli.build_parser (``commands`` is its subparsers)."""
     from ..cli import (  # noqa: PLC0415 (cli imports this module)
         add_backend_options,
         add_rate_limit_options,
+        whole,
     )
 
     xdp = commands.add_parser(
@@ -50,7 +45,8 @@ def add_xdp_command(commands: Any) -> None:
         help="native: in the driver; generic: after the kernel built the packet (any "
         "device, slower); auto: native where the driver allows it (default)",
     )
-    xdp.add_argument("--port", type=_port, default=123, help="UDP port to answer (default 123)")
+    xdp.add_argument("--port", type=whole(1, 65535), default=123,
+                     help="UDP port to answer (default 123)")
     add_backend_options(xdp)
     xdp.add_argument(
         "--counters-file", type=Path, default=counters.DEFAULT_PATH, metavar="PATH",
