@@ -89,6 +89,7 @@ def main() -> int:
     socket_up = socket_active_since()
     waits = [answered[n] - sent[n] for n in answered]
     last = max(answered.values(), default=None)
+    lost = sorted(n for n, t in sent.items() if n not in answered and last and t < last - 1)
     summary = {
         "socket_up": socket_up,
         "probe_started": started,
@@ -99,9 +100,12 @@ def main() -> int:
         "sent": len(sent),
         "answered": len(answered),
         # Requests sent before the last reply that never got one (a lost request).
-        "unanswered": sum(
-            1 for n, t in sent.items() if n not in answered and last and t < last - 1
-        ),
+        "unanswered": len(lost),
+        # When each lost request was sent, seconds after the socket came up: tells a loss at
+        # the service's start from one at a later event.
+        "lost_sent_after_socket": [
+            round(sent[n] - socket_up, 3) if socket_up else None for n in lost
+        ],
         "max_wait": round(max(waits), 3) if waits else None,
         "unsynchronized": unsync,
     }
