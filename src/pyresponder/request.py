@@ -50,6 +50,7 @@ _MASK32: Final = 0xFFFF_FFFF
 _HEAD: Final = struct.Struct("!QQ")  # origin (the request's transmit, bit for bit), receive
 _U64: Final = struct.Struct("!Q")
 _KISS_LEAP: Final = wire.LEAP_UNSYNCHRONIZED << 6
+_ANY_IPV4: Final = bytes(4)
 
 
 def reply_mode(first_byte: int, length: int, source_port: int) -> int:
@@ -111,7 +112,9 @@ def unicast_destination(destination: bytes, local: bytes = b"") -> bool:
     ``destination`` is the packet's destination from IP_PKTINFO (4 bytes) or IPV6_PKTINFO (16).
     ``local`` is in_pktinfo's ipi_spec_dst where known: the kernel sets it to the destination for
     a local unicast address and to an interface address otherwise, which is how a subnet
-    broadcast (127.255.255.255, 192.0.2.255) shows.
+    broadcast (127.255.255.255, 192.0.2.255) shows. It is 0.0.0.0 for a request that was queued
+    before IP_PKTINFO was switched on (systemd opened the socket before the responder ran): then
+    only the destination itself can tell.
     """
     if len(destination) == 16:
         if destination[0] == 0xFF:
@@ -121,7 +124,7 @@ def unicast_destination(destination: bytes, local: bytes = b"") -> bool:
         destination = destination[12:]  # an IPv4 client of a dual-stack socket
     if destination == b"\xff\xff\xff\xff" or 224 <= destination[0] < 240:
         return False
-    return not local or local == destination
+    return not local or local in (destination, _ANY_IPV4)
 
 
 def ntp_timestamp(unix_ns: int) -> int:

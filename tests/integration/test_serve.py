@@ -13,6 +13,7 @@ import ntplib
 import pytest
 
 from pyresponder import wire
+from pyresponder.sockets import IP_PKTINFO, SO_TIMESTAMPNS
 from tests.integration.conftest import StartResponder
 from tests.integration.test_metrics import free_tcp_port, scrape, value
 from tests.support.chronyd import Chronyd, free_udp_port
@@ -296,6 +297,50 @@ def test_socket_activation(chronyd: Chronyd, start_responder: StartResponder) ->
         assert ntplib_query(port).stratum == 9
         assert f"listening on 127.0.0.1:{port}" in responder.log()
     finally:
+        held.close()
+
+
+QUEUED = 3  # requests sent before the responder starts
+
+
+@IO_MODES
+@pytest.mark.parametrize("unit_options", [False, True], ids=["bare-socket", "unit-options"])
+def test_requests_queued_before_the_responder_runs_are_answered(
+    chronyd: Chronyd, start_responder: StartResponder, io: str, unit_options: bool
+) -> None:
+    """At boot PID 1 opens the socket and requests queue before any colour runs. Those came in
+    before the responder switched on IP_PKTINFO (in_pktinfo's local address then reads 0.0.0.0)
+    and were dropped as unreachable; with the socket unit's Timestamping=ns and
+    PassPacketInfo=yes they also carry their real arrival time as T2."""
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a wildcard socket, as at boot
+    held.bind(("0.0.0.0", 0))
+    port = held.getsockname()[1]
+    if unit_options:
+        held.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # Timestamping=ns
+        held.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)  # PassPacketInfo=yes
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        client.connect(("127.0.0.1", port))
+        client.settimeout(10)
+        sent_at = []
+        for n in range(QUEUED):
+            sent_at.append(time.time())
+            client.send(ntp_request(transmit=struct.pack("!II", 0x51554555, n)))
+        time.sleep(0.5)  # queued well before the responder reads them
+        start_responder(
+            "--backend", f"127.0.0.1:{chronyd.port}", "--workers", "1", "--io", io,
+            pass_fd=held.fileno(),
+        )
+        for _ in range(QUEUED):
+            reply = client.recv(512)
+            n = struct.unpack_from("!II", reply, 24)[1]
+            receive_ns = wire.unix_ns_from_ntp(struct.unpack_from("!Q", reply, 32)[0],
+                                               time.time_ns())
+            if unit_options:  # T2 is the kernel's arrival time, not when a worker got to it
+                waited = receive_ns / 1e9 - sent_at[n]
+                assert -0.001 < waited < 0.1, (n, waited)
+    finally:
+        client.close()
         held.close()
 
 

@@ -118,6 +118,10 @@ def test_unreachable_destination_is_dropped() -> None:
     (bytes([127, 0, 0, 2]), bytes([127, 0, 0, 2]), True),
     (bytes([192, 0, 2, 10]), b"", True),
     (bytes([127, 255, 255, 255]), bytes([127, 0, 0, 1]), False),  # subnet broadcast
+    # Queued before IP_PKTINFO was on: the kernel leaves ipi_spec_dst 0.0.0.0.
+    (bytes([127, 0, 0, 1]), bytes(4), True),
+    (bytes([255, 255, 255, 255]), bytes(4), False),
+    (bytes([224, 0, 1, 1]), bytes(4), False),
     (bytes([255, 255, 255, 255]), b"", False),
     (bytes([224, 0, 1, 1]), b"", False),
     (bytes([239, 1, 2, 3]), bytes([10, 0, 0, 1]), False),
