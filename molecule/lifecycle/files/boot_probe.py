@@ -17,6 +17,7 @@ import struct
 import subprocess
 import time
 
+NTP_UNIX_OFFSET = 2208988800
 
 def socket_active_since() -> float | None:
     out = subprocess.run(
@@ -45,6 +46,8 @@ def main() -> int:
     req = bytearray(48)
     req[0] = (4 << 3) | 3
     sent: dict[int, float] = {}
+    sent_wall: dict[int, float] = {}
+    t2_lag = 0.0  # the reply's receive timestamp (T2) minus when the request was sent
     answered: dict[int, float] = {}
     unsync = 0
     first_reply = None
@@ -59,6 +62,7 @@ def main() -> int:
         if now >= next_send:
             struct.pack_into("!II", req, 40, 0x424F4F54, seq)
             try:
+                sent_wall[seq] = time.time()
                 s.send(req)
                 sent[seq] = now
             except OSError:
@@ -82,6 +86,9 @@ def main() -> int:
             if magic != 0x424F4F54 or n not in sent or n in answered:
                 continue
             answered[n] = at
+            seconds, fraction = struct.unpack_from("!II", data, 32)
+            t2 = seconds - NTP_UNIX_OFFSET + fraction / 2**32
+            t2_lag = max(t2_lag, t2 - sent_wall[n])
             if first_reply is None:
                 first_reply = at
             if data[0] >> 6 == 3 or data[1] == 0:
@@ -108,6 +115,8 @@ def main() -> int:
         ],
         "max_wait": round(max(waits), 3) if waits else None,
         "unsynchronized": unsync,
+        # Late T2 = the responder stamped a request queued at boot when it read it.
+        "max_t2_lag": round(t2_lag, 4),
     }
     tmp = a.out + ".tmp"
     with open(tmp, "w") as f:
