@@ -4,9 +4,10 @@ check.yml (in check mode) reports that nothing answers, without crashing."""
 import subprocess
 
 import pytest
-from conftest import flat, make_inventory, wait_for
+from conftest import SCENARIO, flat, wait_for
 
 from tests.support.ansible import run_playbook
+from tests.support.molecule import write_inventory
 
 
 @pytest.fixture
@@ -57,7 +58,8 @@ def fresh(container, tmp_path):
             return r.stdout.strip() in ("running", "degraded")
 
         assert wait_for(up, 60)
-        yield name, make_inventory(tmp_path / "inventory", name)
+        group_vars = SCENARIO / "inventory" / "group_vars"
+        yield name, write_inventory(tmp_path / "inventory", name, group_vars)
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
 

@@ -2,57 +2,16 @@
 
 import json
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-SCENARIO = Path(__file__).resolve().parents[1]
-REPO = SCENARIO.parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.support.ansible import run_playbook  # noqa: E402
 
 SCRAPE = (
     "import urllib.request; "
     "print(urllib.request.urlopen('http://127.0.0.1:9123/metrics', timeout=5).read().decode())"
 )
-
-
-@pytest.fixture(scope="module")
-def container(host) -> str:
-    return os.environ.get("MOLECULE_CONTAINER") or host.backend.get_hostname()
-
-
-@pytest.fixture(scope="module")
-def dexec(container):
-    def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["docker", "exec", container, *argv], capture_output=True,
-                              text=True, timeout=60, check=check)
-
-    return run
-
-
-@pytest.fixture(scope="module")
-def playbook(container, tmp_path_factory):
-    """site.yml against the container with this scenario's variables, plus -e overrides."""
-    inv = tmp_path_factory.mktemp("inventory")
-    (inv / "hosts.yml").write_text(
-        "all:\n  children:\n    ntp_servers:\n      hosts:\n"
-        f"        {container}:\n          ansible_connection: community.docker.docker\n"
-    )
-    shutil.copytree(SCENARIO.parent / "default" / "inventory" / "group_vars", inv / "group_vars")
-    shutil.copytree(SCENARIO / "inventory" / "host_vars", inv / "host_vars")
-
-    def run(*extra: str) -> subprocess.CompletedProcess[str]:
-        return run_playbook(inv, "site.yml", *extra, timeout=600)
-
-    return run
 
 
 @pytest.fixture(scope="module")
