@@ -1,33 +1,16 @@
-"""Fixtures of the lifecycle tests (the default scenario's, with this scenario's group vars)."""
+"""Helpers of the lifecycle tests: colours as systemd sees them, probes, waits."""
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+from tests.support.molecule import docker_exec
 
 SCENARIO = Path(__file__).resolve().parents[1]
 REPO = SCENARIO.parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.support.molecule import (  # noqa: E402, F401 (fixtures, found by pytest by name)
-    container,
-    dexec,
-    docker_exec,
-    playbook,
-    tools_in_container,
-)
-
 COLOURS = ("blue", "green")
-
-
-@pytest.fixture(scope="module")
-def group_vars() -> Path:
-    return SCENARIO / "inventory" / "group_vars"
 
 
 def colours(name: str) -> dict:
