@@ -81,6 +81,15 @@ class Config:
     combine: tuple[Path, ...] = ()
     xdp: bool = False  # servers in a namespace behind a veth pair, plus the XDP path
     xdp_mode: str = "native"
+    baseline: Path | None = None  # another checkout's source tree, served as base<N>
+
+
+def pyresponder_workers(name: str) -> int | None:
+    """N of a pyresponder server name (py<N>, or base<N> for the --baseline checkout)."""
+    for prefix in ("py", "base"):
+        if name.startswith(prefix) and name[len(prefix) :].isdigit():
+            return int(name[len(prefix) :])
+    return None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -95,7 +104,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         "--servers",
         default=None,
         help="comma-separated subset of chronyd,py1,py2,xdp (py<N> = pyresponder with N workers;"
-        " xdp needs --xdp); default chronyd,py1,py2 (with --xdp: and xdp)",
+        " xdp needs --xdp; base<N> needs --baseline); default chronyd,py1,py2 (with --xdp: and"
+        " xdp)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="another checkout of this repository (e.g. a git worktree of an older commit): "
+        "servers base<N> run its pyresponder with N workers, side by side with this one's",
     )
     parser.add_argument(
         "--xdp",
@@ -156,8 +173,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     for name in servers:
         if name == "xdp" and not args.xdp:
             parser.error("server xdp needs --xdp")
-        if name not in ("chronyd", "xdp") and not (name.startswith("py") and name[2:].isdigit()):
+        if name.startswith("base") and args.baseline is None:
+            parser.error(f"server {name} needs --baseline")
+        if name not in ("chronyd", "xdp") and pyresponder_workers(name) is None:
             parser.error(f"unknown server {name!r}")
+    if args.baseline is not None and not (args.baseline / "src" / "pyresponder").is_dir():
+        parser.error(f"--baseline {args.baseline}: no src/pyresponder there")
     return Config(
         reps=reps,
         duration=duration,
@@ -176,6 +197,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         settle=0.1 if quick else 0.3,
         servers=servers,
         pyresponder_args=tuple(shlex.split(args.pyresponder_args)),
+        baseline=args.baseline.resolve() if args.baseline is not None else None,
         out=args.out,
         quick=quick,
         replot=args.replot,
@@ -426,24 +448,25 @@ class PyResponder:
 
     def __init__(
         self,
-        binary: str,
+        command: Sequence[str],
         workers: int,
         backend_port: int,
-        logdir: Path,
+        log_path: Path,
         extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_udp_port()
         self.workers = workers
-        self.log_path = logdir / f"pyresponder-{workers}w.log"
+        self.log_path = log_path
         cmd = [
-            binary, "serve",
+            *command, "serve",
             "--listen", f"{NET.listen_host}:{self.port}",
             "--backend", f"127.0.0.1:{backend_port}",
             "--workers", str(workers),
             *extra,
         ]  # fmt: skip
         with self.log_path.open("wb") as log, in_namespace(NET.server_ns):
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -504,7 +527,7 @@ def xdp_bed(cfg: Config, notes: list[str]) -> Iterator[Any]:
     reason = skip_reason()
     if reason is not None:
         raise SystemExit(f"bench: --xdp is not possible here: {reason}")
-    pair = VethPair("b").open()
+    pair = VethPair("b").start()
     peer = None
     stats_fd = -1
     try:
@@ -529,7 +552,7 @@ def xdp_bed(cfg: Config, notes: list[str]) -> Iterator[Any]:
             os.close(stats_fd)
         if peer is not None:
             peer.close()
-        pair.close()
+        pair.cleanup()
 
 
 def program_run_stats(fd: int) -> tuple[int, int]:
@@ -594,12 +617,23 @@ def _servers_running(
                 label = f"XDP ({cfg.xdp_mode})"
                 servers.append(Server("xdp", label, port, xdp_process.pid))
                 continue
-            workers = int(key[2:])
-            label = f"pyresponder {workers}w"
-            if binary is None:
-                notes.append(f"{label}: skipped, no pyresponder executable in this environment")
+            workers = pyresponder_workers(key)
+            assert workers is not None  # parse_args checked the names
+            env: dict[str, str] | None = None
+            if key.startswith("base"):
+                assert cfg.baseline is not None
+                label = f"baseline {workers}w"
+                # The same interpreter, importing the other checkout's package first.
+                command: list[str] = [sys.executable, "-m", "pyresponder"]
+                env = {**os.environ, "PYTHONPATH": str(cfg.baseline / "src")}
+            elif binary is None:
+                notes.append(f"pyresponder {workers}w: skipped, no pyresponder executable here")
                 continue
-            resp = PyResponder(binary, workers, chronyd.port, cfg.out, cfg.pyresponder_args)
+            else:
+                label = f"pyresponder {workers}w"
+                command = [binary]
+            log_path = cfg.out / f"{key}.log"
+            resp = PyResponder(command, workers, chronyd.port, log_path, cfg.pyresponder_args, env)
             started.append(resp)
             try:
                 resp.wait_ready()
