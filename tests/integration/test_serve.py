@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import struct
-import threading
 import time
 
 import ntplib
@@ -17,7 +16,7 @@ from pyresponder.sockets import IP_PKTINFO, SO_TIMESTAMPNS
 from tests.integration.conftest import StartResponder
 from tests.integration.test_metrics import free_tcp_port, scrape, value
 from tests.support.chronyd import Chronyd, free_udp_port
-from tests.support.responder import ntp_request, query
+from tests.support.responder import ntp_request, query, stream_during
 
 
 def serve_args(port: int, backend_port: int, *extra: str) -> list[str]:
@@ -402,7 +401,7 @@ def test_no_reply_is_lost_when_a_second_instance_takes_over(
             "--backend", f"127.0.0.1:{chronyd.port}", "--workers", "2", pass_fd=held.fileno()
         )
         blue.wait_answering(("127.0.0.1", port))
-        sent, replies = _stream_during(
+        sent, replies = stream_during(
             port,
             seconds=4.0,
             rate=1000,
@@ -418,56 +417,6 @@ def test_no_reply_is_lost_when_a_second_instance_takes_over(
         assert replies == sent, f"{sent - replies} of {sent} requests got no reply"
     finally:
         held.close()
-
-
-def _stream_during(
-    port: int, seconds: float, rate: int, actions: list[tuple[float, object]]
-) -> tuple[int, int]:
-    """Send ``rate`` requests/s for ``seconds`` while running ``actions`` at their times."""
-    origins: set[bytes] = set()
-    answered: set[bytes] = set()
-    done = threading.Event()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    sock.settimeout(0.2)
-
-    def receive() -> None:
-        while True:
-            try:
-                data = sock.recv(512)
-            except TimeoutError:
-                if done.is_set():
-                    return
-                continue
-            answered.add(data[24:32])
-
-    receiver = threading.Thread(target=receive)
-    receiver.start()
-
-    def run_actions() -> None:
-        begin = time.monotonic()
-        for at, action in actions:
-            time.sleep(max(0.0, begin + at - time.monotonic()))
-            assert callable(action)
-            action()
-
-    actor = threading.Thread(target=run_actions)
-    actor.start()
-    start = time.monotonic()
-    count = 0
-    while (elapsed := time.monotonic() - start) < seconds:
-        while count < elapsed * rate:
-            transmit = struct.pack("!Q", count + 1)
-            origins.add(transmit)
-            sock.sendto(ntp_request(transmit=transmit), ("127.0.0.1", port))
-            count += 1
-        time.sleep(0.001)
-    actor.join(30)
-    time.sleep(1.0)  # the last replies
-    done.set()
-    receiver.join(5)
-    sock.close()
-    return len(origins), len(answered & origins)
 
 
 @IO_MODES

@@ -10,9 +10,22 @@ from pathlib import Path
 from pyresponder import handoff
 from tests.integration.conftest import StartResponder
 from tests.integration.test_metrics import free_tcp_port, scrape, value
-from tests.integration.test_serve import _stream_during
 from tests.support.chronyd import Chronyd, free_udp_port
-from tests.support.responder import Responder, ntp_request, query
+from tests.support.responder import Responder, ntp_request, query, stream_during
+
+
+def serving_with_control(
+    chronyd: Chronyd, start_responder: StartResponder, tmp_path: Path
+) -> tuple[Responder, int, str]:
+    """One worker answering a fresh port, with a control socket: (responder, port, control)."""
+    port = free_udp_port()
+    control = str(tmp_path / "control")
+    responder = start_responder(
+        "--listen", f"127.0.0.1:{port}", "--backend", f"127.0.0.1:{chronyd.port}",
+        "--workers", "1", "--control", control,
+    )
+    responder.wait_answering(("127.0.0.1", port))
+    return responder, port, control
 
 
 def test_takeover_under_load_loses_nothing_twice_in_a_row(
@@ -39,7 +52,7 @@ def test_takeover_under_load_loses_nothing_twice_in_a_row(
         )
         successors.append(successor)
 
-    sent, replies = _stream_during(port, seconds=6.0, rate=1000,
+    sent, replies = stream_during(port, seconds=6.0, rate=1000,
                                    actions=[(1.0, take_over), (3.5, take_over)])
     assert sent > 5000
     assert replies == sent, f"{sent - replies} of {sent} requests got no reply"
@@ -73,13 +86,7 @@ def test_takeover_without_a_running_instance_fails_clearly(
 def test_failed_successor_leaves_the_old_instance_serving(
     start_responder: StartResponder, chronyd: Chronyd, tmp_path: Path
 ) -> None:
-    port = free_udp_port()
-    control = str(tmp_path / "control")
-    old = start_responder(
-        "--listen", f"127.0.0.1:{port}", "--backend", f"127.0.0.1:{chronyd.port}",
-        "--workers", "1", "--control", control,
-    )
-    old.wait_answering(("127.0.0.1", port))
+    old, port, control = serving_with_control(chronyd, start_responder, tmp_path)
     # The successor cannot start: its metrics address is not an address of this machine.
     failing = start_responder(
         "--backend", f"127.0.0.1:{chronyd.port}", "--takeover", control,
@@ -95,25 +102,14 @@ def test_failed_successor_leaves_the_old_instance_serving(
 
 def test_control_socket_is_private(chronyd: Chronyd, start_responder: StartResponder,
                                    tmp_path: Path) -> None:
-    port = free_udp_port()
-    control = tmp_path / "control"
-    start_responder(
-        "--listen", f"127.0.0.1:{port}", "--backend", f"127.0.0.1:{chronyd.port}",
-        "--workers", "1", "--control", str(control),
-    ).wait_answering(("127.0.0.1", port))
+    _, _, control = serving_with_control(chronyd, start_responder, tmp_path)
     assert os.stat(control).st_mode & 0o077 == 0  # it hands out sockets: owner only
 
 
 def test_successor_keeps_serving_when_the_predecessor_cannot_be_told_to_finish(
     chronyd: Chronyd, start_responder: StartResponder, tmp_path: Path
 ) -> None:
-    port = free_udp_port()
-    control = str(tmp_path / "control")
-    old = start_responder(
-        "--listen", f"127.0.0.1:{port}", "--backend", f"127.0.0.1:{chronyd.port}",
-        "--workers", "1", "--control", control,
-    )
-    old.wait_answering(("127.0.0.1", port))
+    old, port, control = serving_with_control(chronyd, start_responder, tmp_path)
     # The successor waits 2 s for a backend that never answers; meanwhile its predecessor dies
     # without a word, so "finish" finds nobody at the control socket.
     successor = start_responder(

@@ -14,7 +14,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
+from typing import Self
+
+from tests.support.scoped import Scoped
 
 CHRONYD_CANDIDATES = ("/usr/sbin/chronyd", "/usr/bin/chronyd")
 
@@ -37,7 +39,7 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-class Chronyd:
+class Chronyd(Scoped):
     """A chronyd process serving NTP on ``127.0.0.1:port`` as a ``local stratum`` server.
 
     With ``stratum=None`` it has no reference at all and answers "unsynchronized" (LI=3).
@@ -75,7 +77,7 @@ class Chronyd:
             + f"{self.extra_config}\n"
         )
 
-    def start(self, wait: float = 10.0) -> Chronyd:
+    def start(self, wait: float = 10.0) -> Self:
         conf = self.workdir / "chrony.conf"
         conf.write_text(self.config_text())
         log = (self.workdir / "chronyd.log").open("wb")
@@ -134,14 +136,3 @@ class Chronyd:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Chronyd:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()

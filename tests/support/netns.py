@@ -18,7 +18,9 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from typing import Self
+
+from tests.support.scoped import Scoped
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -75,7 +77,7 @@ class Side:
         return text.split()[2]
 
 
-class VethPair:
+class VethPair(Scoped):
     """``server`` and ``client`` sides: 10.211.<n>.1/.2 and fd11:<n>::1/::2 over one veth pair."""
 
     def __init__(self, tag: str = "x", subnet: int | None = None) -> None:
@@ -85,7 +87,7 @@ class VethPair:
         self.client = Side(f"pyr11c{suffix}", "pyr11c0", f"10.211.{n}.2", f"fd11:{n}::2")
         self._created: list[str] = []
 
-    def open(self) -> VethPair:
+    def start(self) -> Self:
         try:
             for side in (self.server, self.client):
                 run("ip", "netns", "add", side.ns)
@@ -109,25 +111,14 @@ class VethPair:
                 run("ip", "-n", side.ns, "-6", "neigh", "replace", other.ipv6, "lladdr", mac,
                     "dev", side.dev, "nud", "permanent")
         except BaseException:
-            self.close()
+            self.cleanup()
             raise
         return self
 
-    def close(self) -> None:
+    def cleanup(self) -> None:
         for ns in reversed(self._created):
             run("ip", "netns", "del", ns, check=False)
         self._created.clear()
-
-    def __enter__(self) -> VethPair:
-        return self.open()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def snmp_counter(side: Side, table: str, name: str) -> int:

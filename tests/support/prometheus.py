@@ -17,8 +17,9 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
+
+from tests.support.scoped import Scoped
 
 PROMETHEUS_CANDIDATES = ("/usr/bin/prometheus",)
 
@@ -40,7 +41,7 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-class Prometheus:
+class Prometheus(Scoped):
     """A Prometheus scraping ``targets`` (job "pyresponder"; or the targets in a ``file_sd`` file)
     every ``interval`` seconds and evaluating ``rule_files`` at the same interval."""
 
@@ -85,7 +86,7 @@ class Prometheus:
         }
         return json.dumps(config, indent=2)
 
-    def start(self, wait: float = 20.0) -> Prometheus:
+    def start(self, wait: float = 20.0) -> Self:
         config = self.workdir / "prometheus.yml"
         config.write_text(self.config_text())
         assert self.binary is not None
@@ -164,14 +165,3 @@ class Prometheus:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Prometheus:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()

@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
+from typing import Self
+
+from tests.support.scoped import Scoped
 
 
 def ntp_request(version: int = 4, mode: int = 3, transmit: bytes | None = None) -> bytes:
@@ -38,7 +42,7 @@ def query(
         return data, source
 
 
-class Responder:
+class Responder(Scoped):
     """``python -m pyresponder serve ...`` with its log captured to a file."""
 
     def __init__(
@@ -53,7 +57,7 @@ class Responder:
         self.logfile = Path(tempfile.mkstemp(prefix="pyresponder-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Responder:
+    def start(self) -> Self:
         command = [sys.executable, "-m", "pyresponder", "serve", *self.args]
         pass_fds: tuple[int, ...] = ()
         if self.pass_fd is not None:
@@ -140,13 +144,51 @@ class Responder:
             self.process.wait(5)
         self.logfile.unlink(missing_ok=True)
 
-    def __enter__(self) -> Responder:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
+def stream_during(
+    port: int, seconds: float, rate: int, actions: list[tuple[float, Callable[[], object]]]
+) -> tuple[int, int]:
+    """Send ``rate`` requests/s for ``seconds`` while running ``actions`` at their times."""
+    origins: set[bytes] = set()
+    answered: set[bytes] = set()
+    done = threading.Event()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sock.settimeout(0.2)
+
+    def receive() -> None:
+        while True:
+            try:
+                data = sock.recv(512)
+            except TimeoutError:
+                if done.is_set():
+                    return
+                continue
+            answered.add(data[24:32])
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+
+    def run_actions() -> None:
+        begin = time.monotonic()
+        for at, action in actions:
+            time.sleep(max(0.0, begin + at - time.monotonic()))
+            action()
+
+    actor = threading.Thread(target=run_actions)
+    actor.start()
+    start = time.monotonic()
+    count = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        while count < elapsed * rate:
+            transmit = struct.pack("!Q", count + 1)
+            origins.add(transmit)
+            sock.sendto(ntp_request(transmit=transmit), ("127.0.0.1", port))
+            count += 1
+        time.sleep(0.001)
+    actor.join(30)
+    time.sleep(1.0)  # the last replies
+    done.set()
+    receiver.join(5)
+    sock.close()
+    return len(origins), len(answered & origins)

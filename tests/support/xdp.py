@@ -14,12 +14,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 from pyresponder.xdp import daemon
 from pyresponder.xdp.libbpf import BpfError, BpfObject, XdpLink
 from tests.support.chronyd import Chronyd, find_chronyd
 from tests.support.netns import Process, Side, VethPair, entered, unavailable_reason
+from tests.support.scoped import Scoped
 
 
 def skip_reason() -> str | None:
@@ -55,7 +56,7 @@ class PeerPass:
         self.bpf.close()
 
 
-class XdpBed:
+class XdpBed(Scoped):
     def __init__(self, mode: str, tag: str, xdp_args: tuple[str, ...] = (),
                  chronyd: bool = True, stratum: int | None = 9) -> None:
         self.mode = mode
@@ -78,9 +79,9 @@ class XdpBed:
     def client(self) -> Side:
         return self.pair.client
 
-    def open(self) -> XdpBed:
+    def start(self) -> Self:
         try:
-            self.pair.open()
+            self.pair.start()
             if self.mode == "native":
                 self.peer = PeerPass(self.client)
             if self.want_chronyd:
@@ -88,7 +89,7 @@ class XdpBed:
                     self.chronyd = Chronyd(stratum=self.stratum).start()
             self.start_xdp()
         except BaseException:
-            self.close()
+            self.cleanup()
             raise
         return self
 
@@ -136,7 +137,7 @@ class XdpBed:
             time.sleep(0.1)
         raise TimeoutError("no fresh counters snapshot")
 
-    def close(self) -> None:
+    def cleanup(self) -> None:
         for process in [*self.others, *([self.xdp] if self.xdp else [])]:
             with contextlib.suppress(OSError):
                 process.stop()
@@ -147,15 +148,4 @@ class XdpBed:
         if self.chronyd is not None:
             self.chronyd.cleanup()
             self.chronyd = None
-        self.pair.close()
-
-    def __enter__(self) -> XdpBed:
-        return self.open()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        self.pair.cleanup()
