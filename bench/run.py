@@ -1128,9 +1128,12 @@ def report(
     return "\n".join(lines)
 
 
-def chart_title(cores: int | None, reps: int, duration: float, late_ms: int) -> str:
+def chart_title(
+    cores: int | None, reps: int, duration: float, late_ms: int, veth: bool = False
+) -> str:
+    where = "a veth pair" if veth else "loopback"
     return (
-        f"NTP replies vs offered load on loopback, {cores} cores shared with the generator "
+        f"NTP replies vs offered load on {where}, {cores} cores shared with the generator "
         f"(medians of {reps} rep(s), {duration:g} s steps; solid: replies within {late_ms} ms)"
     )
 
@@ -1168,7 +1171,9 @@ def combine(cfg: Config) -> int:
     notes = [f"pooled from {len(cfg.combine)} runs: " + ", ".join(str(p) for p in cfg.combine)]
     cfg.out.mkdir(parents=True, exist_ok=True)
     chart = cfg.out / "combined_replies_vs_offered.png"
-    title = chart_title(data["machine"].get("cores"), per_server, c["duration"], c["late_ms"])
+    title = chart_title(
+        data["machine"].get("cores"), per_server, c["duration"], c["late_ms"], bool(c.get("xdp"))
+    )
     if write_chart(chart, servers, all_sweeps, title.replace("rep(s)", "sweeps pooled")):
         print(f"bench: wrote {chart}")
     print(report(pooled, summary, notes, data["generator_check"]))
@@ -1181,7 +1186,9 @@ def replot(results_path: Path, out: Path) -> int:
     servers = [Server(key, entry["label"], 0, 0) for key, entry in data["summary"].items()]
     c = data["config"]
     chart = out / "replies_vs_offered.png"
-    title = chart_title(data["machine"].get("cores"), c["reps"], c["duration"], c["late_ms"])
+    title = chart_title(
+        data["machine"].get("cores"), c["reps"], c["duration"], c["late_ms"], bool(c.get("xdp"))
+    )
     if not write_chart(chart, servers, sweeps, title):
         print("bench: matplotlib is missing", file=sys.stderr)
         return 1
@@ -1226,7 +1233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(cfg, servers, sweeps)
     text = report(cfg, summary, notes, gen_check)
     chart = cfg.out / "replies_vs_offered.png"
-    title = chart_title(os.cpu_count(), cfg.reps, cfg.duration, cfg.late_ms)
+    title = chart_title(os.cpu_count(), cfg.reps, cfg.duration, cfg.late_ms, cfg.xdp)
     charted = write_chart(chart, servers, sweeps, title)
     results = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
