@@ -140,6 +140,16 @@ def test_systemctl_restart_chrony_gives_no_li3(dexec, tools_in_container):
     assert front["bad"] == 0, front
 
 
+def _chrony_run_under_streams(dexec, playbook, extra: str):
+    """site.yml --tags chrony with extra vars, under both streams: (result, front, backend)."""
+    results = []
+    front, backend, took = _under_streams(
+        dexec, lambda: results.append(playbook("site.yml", "--tags", "chrony", "-e", extra))
+    )
+    print(f"site.yml --tags chrony took {took:.1f} s; responder {front}; chronyd itself {backend}")
+    return results[0], front, backend
+
+
 @pytest.mark.timeout(600)
 def test_upstream_change_is_a_reload_not_a_restart(dexec, playbook, tools_in_container):
     _wait_chain_synchronized(dexec)
@@ -151,12 +161,7 @@ def test_upstream_change_is_a_reload_not_a_restart(dexec, playbook, tools_in_con
             ]
         }
     )
-    results = []
-    front, backend, took = _under_streams(
-        dexec, lambda: results.append(playbook("site.yml", "--tags", "chrony", "-e", extra))
-    )
-    r = results[0]
-    print(f"site.yml --tags chrony took {took:.1f} s; responder {front}; chronyd itself {backend}")
+    r, front, backend = _chrony_run_under_streams(dexec, playbook, extra)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "RUNNING HANDLER [chrony_backend : Reload chronyd's sources]" in r.stdout
     assert "RUNNING HANDLER [chrony_backend : Restart chronyd]" not in r.stdout
@@ -178,12 +183,7 @@ def test_role_restart_of_chrony_gives_no_li3(dexec, playbook, tools_in_container
     before = _chronyd_pid(dexec)
     # A new line every run, so the file changes also when verify runs again.
     extra = json.dumps({"chrony_backend_extra_config": [f"# molecule: change {time.time()}"]})
-    results = []
-    front, backend, took = _under_streams(
-        dexec, lambda: results.append(playbook("site.yml", "--tags", "chrony", "-e", extra))
-    )
-    r = results[0]
-    print(f"site.yml --tags chrony took {took:.1f} s; responder {front}; chronyd itself {backend}")
+    r, front, backend = _chrony_run_under_streams(dexec, playbook, extra)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "RUNNING HANDLER [chrony_backend : Restart chronyd]" in r.stdout
     assert _chronyd_pid(dexec) != before, "the handler did not restart chronyd"
