@@ -4,12 +4,12 @@ SHELL := /bin/bash
 VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test lint test-python test-molecule bench bench-xdp bpf clean
+.PHONY: demo test lint test-python test-molecule test-demo bench bench-xdp bpf clean
 
 demo: ## provision a local systemd container with site.yml and show it serving time
 	bash scripts/demo
 
-test: lint test-python test-molecule ## every test: lint, unit + integration, molecule
+test: lint test-python test-molecule test-demo ## every test: lint, unit + integration, molecule, the demo
 
 lint:
 	bash scripts/setup-venv test,lint,ansible
@@ -27,6 +27,10 @@ test-python:
 
 test-molecule:
 	bash scripts/molecule-test
+
+test-demo: ## `make demo` as a newcomer runs it, in a container of its own, removed afterwards
+	DEMO_CONTAINER=pyresponder-demo-test bash scripts/demo; rc=$$?; \
+	    docker rm -f pyresponder-demo-test >/dev/null 2>&1; exit $$rc
 
 bench: ## pyresponder vs chronyd, side by side; prints the ratios
 	bash scripts/install-chrony
