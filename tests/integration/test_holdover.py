@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tests.integration.conftest import StartResponder
-from tests.integration.test_metrics import free_tcp_port, scrape, value
+from tests.integration.test_metrics import scrape, value
 from tests.support.chronyd import Chronyd
+from tests.support.prometheus import free_tcp_port
 from tests.support.responder import ntp_request, query
 
 

@@ -12,14 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import StartResponder
 from tests.support.chronyd import Chronyd, free_udp_port
+from tests.support.prometheus import free_tcp_port
 from tests.support.responder import ntp_request, query
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

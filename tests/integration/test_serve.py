@@ -14,8 +14,9 @@ import pytest
 from pyresponder import wire
 from pyresponder.sockets import IP_PKTINFO, SO_TIMESTAMPNS
 from tests.integration.conftest import StartResponder
-from tests.integration.test_metrics import free_tcp_port, scrape, value
+from tests.integration.test_metrics import scrape, value
 from tests.support.chronyd import Chronyd, free_udp_port
+from tests.support.prometheus import free_tcp_port
 from tests.support.responder import ntp_request, query, stream_during
 
 

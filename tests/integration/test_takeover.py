@@ -9,8 +9,9 @@ from pathlib import Path
 
 from pyresponder import handoff
 from tests.integration.conftest import StartResponder
-from tests.integration.test_metrics import free_tcp_port, scrape, value
+from tests.integration.test_metrics import scrape, value
 from tests.support.chronyd import Chronyd, free_udp_port
+from tests.support.prometheus import free_tcp_port
 from tests.support.responder import Responder, ntp_request, query, stream_during
 
 
