@@ -3,6 +3,7 @@ inventory for running the repository's playbooks against it, and the test tools 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -42,13 +43,7 @@ def docker_exec(
 
 def executor(container: str) -> Exec:
     """``docker_exec`` bound to one container: the scenarios' ``dexec`` fixture."""
-
-    def run(
-        *argv: str, timeout: float = 60, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        return docker_exec(container, *argv, timeout=timeout, check=check)
-
-    return run
+    return functools.partial(docker_exec, container)
 
 
 def write_inventory(path: Path, container: str, group_vars: Path) -> Path:
