@@ -4,9 +4,11 @@ inventory for running the repository's playbooks against it, and the test tools 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,48 @@ def copy_tools(container: str) -> None:
         subprocess.run(
             ["docker", "cp", str(src), f"{container}:{TOOLS_DIR}/{src.name}"], check=True
         )
+
+
+def start_stream(
+    dexec: Exec,
+    rate: int,
+    max_seconds: int,
+    name: str = "stream",
+    port: int = 123,
+    extra: tuple[str, ...] = (),
+) -> None:
+    """Start the load client (copy_tools) in the container against 127.0.0.1:``port``, bounded
+    by ``max_seconds``; its files are TOOLS_DIR/``name``.*. Returns once it is sending."""
+    base = f"{TOOLS_DIR}/{name}"
+    dexec("rm", "-f", f"{base}.started", f"{base}.stop", f"{base}.json")
+    dexec(
+        "sh",
+        "-c",
+        f"nohup python3 {TOOLS_DIR}/ntp_stream.py --host 127.0.0.1 --port {port}"
+        f" --rate {rate} --max-seconds {max_seconds} {' '.join(extra)}"
+        f" --started-file {base}.started --stop-file {base}.stop"
+        f" --out {base}.json >{base}.log 2>&1 &",
+    )
+    for _ in range(50):
+        if dexec("test", "-e", f"{base}.started", check=False).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"stream {name} did not start: {dexec('cat', f'{base}.log').stdout}")
+
+
+def stop_stream(dexec: Exec, name: str = "stream", wait: float = 10.0) -> dict[str, Any]:
+    """Stop a stream started by start_stream and return its summary (ntp_stream.py --out)."""
+    base = f"{TOOLS_DIR}/{name}"
+    dexec("touch", f"{base}.stop")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        r = dexec("cat", f"{base}.json", check=False)
+        if r.returncode == 0:
+            summary: dict[str, Any] = json.loads(r.stdout)
+            return summary
+        time.sleep(0.1)
+    log = dexec("cat", f"{base}.log", check=False).stdout
+    raise AssertionError(f"stream {name} wrote no summary: {log}")
 
 
 # ---- fixtures: a scenario's conftest imports these and defines ``group_vars`` -----------------

@@ -13,37 +13,11 @@ import time
 
 import pytest
 
+from tests.support.molecule import start_stream, stop_stream
+
 RATE = 1000  # requests per second to the responder (port 123)
 CHRONY_RATE = 50  # requests per second straight to the backend chronyd (its own view)
 MAX_SECONDS = 300  # hard bound on every stream (playbook runs take 30-80 s on a busy machine)
-
-
-def _start_stream(dexec, name: str, port: int, rate: int) -> None:
-    base = f"/tmp/pyr-test/{name}"
-    dexec("rm", "-f", f"{base}.started", f"{base}.stop", f"{base}.json")
-    dexec(
-        "sh",
-        "-c",
-        f"nohup python3 /tmp/pyr-test/ntp_stream.py --host 127.0.0.1 --port {port}"
-        f" --rate {rate} --max-seconds {MAX_SECONDS} --started-file {base}.started"
-        f" --stop-file {base}.stop --out {base}.json >{base}.log 2>&1 &",
-    )
-    for _ in range(50):
-        if dexec("test", "-e", f"{base}.started", check=False).returncode == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"stream {name} did not start")
-
-
-def _stop_stream(dexec, name: str) -> dict:
-    base = f"/tmp/pyr-test/{name}"
-    dexec("touch", f"{base}.stop")
-    for _ in range(100):
-        r = dexec("cat", f"{base}.json", check=False)
-        if r.returncode == 0:
-            return json.loads(r.stdout)
-        time.sleep(0.1)
-    raise AssertionError(f"stream {name} wrote no summary: {dexec('cat', f'{base}.log').stdout}")
 
 
 def _chronyd_pid(dexec) -> str:
@@ -104,14 +78,14 @@ def test_leap_second_data_found(host, dexec):
 
 def _under_streams(dexec, action) -> tuple[dict, dict, float]:
     """Run action() while a stream goes to the responder and a slow one straight to chronyd."""
-    _start_stream(dexec, "front", 123, RATE)
-    _start_stream(dexec, "chronyd", 11123, CHRONY_RATE)
+    start_stream(dexec, RATE, MAX_SECONDS, name="front")
+    start_stream(dexec, CHRONY_RATE, MAX_SECONDS, name="chronyd", port=11123)
     time.sleep(2)  # steady state before the change
     t0 = time.monotonic()
     action()
     took = time.monotonic() - t0
     time.sleep(5)  # several backend polls of the responder after the change
-    front, backend = _stop_stream(dexec, "front"), _stop_stream(dexec, "chronyd")
+    front, backend = stop_stream(dexec, "front"), stop_stream(dexec, "chronyd")
     # The streams outlasted the change (else the test proved nothing).
     assert front["seconds"] > took and backend["seconds"] > took, (took, front, backend)
     return front, backend, took

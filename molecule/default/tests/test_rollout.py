@@ -5,6 +5,8 @@ import time
 
 import pytest
 
+from tests.support.molecule import start_stream, stop_stream
+
 RATE = 2000  # requests per second from the client inside the container
 MAX_SECONDS = 150  # hard bound on the stream (RATE x MAX_SECONDS requests at most)
 FAILED_RATE = 500  # requests per second while a failed release is tried
@@ -30,31 +32,9 @@ def _probe_123(dexec) -> dict:
 
 
 def _start_stream(dexec, rate: int) -> None:
-    """Start the client stream inside the container (bounded by MAX_SECONDS) and let it settle."""
-    dexec("rm", "-f", "/tmp/pyr-test/started", "/tmp/pyr-test/stop", "/tmp/pyr-test/stream.json")
-    dexec(
-        "sh",
-        "-c",
-        "nohup python3 /tmp/pyr-test/ntp_stream.py --host 127.0.0.1 --port 123"
-        f" --rate {rate} --max-seconds {MAX_SECONDS} --started-file /tmp/pyr-test/started"
-        " --stop-file /tmp/pyr-test/stop --out /tmp/pyr-test/stream.json"
-        " >/tmp/pyr-test/stream.log 2>&1 &",
-    )
-    for _ in range(50):
-        if dexec("test", "-e", "/tmp/pyr-test/started", check=False).returncode == 0:
-            break
-        time.sleep(0.1)
+    """The client stream inside the container (bounded by MAX_SECONDS), settled."""
+    start_stream(dexec, rate, MAX_SECONDS)
     time.sleep(1)  # steady state before the change
-
-
-def _stop_stream(dexec) -> dict:
-    dexec("touch", "/tmp/pyr-test/stop")
-    for _ in range(100):
-        r = dexec("cat", "/tmp/pyr-test/stream.json", check=False)
-        if r.returncode == 0:
-            break
-        time.sleep(0.1)
-    return json.loads(r.stdout)
 
 
 @pytest.mark.timeout(400)
@@ -69,7 +49,7 @@ def test_two_swaps_under_load_lose_nothing(dexec, playbook, tools_in_container):
         colours.append(_active(dexec))
     swaps_seconds = time.monotonic() - t0
     time.sleep(1)  # steady state after the second swap
-    summary = _stop_stream(dexec)
+    summary = stop_stream(dexec)
     print(f"colours {' -> '.join(colours)}, swaps took {swaps_seconds:.1f} s, stream {summary}")
     other = "green" if first == "blue" else "blue"
     assert colours == [first, other, first]
@@ -104,7 +84,7 @@ def test_failed_release_keeps_old_colour(dexec, playbook, tools_in_container, ca
     r = playbook("site.yml", *extra)
     play_seconds = time.monotonic() - t0
     time.sleep(1)
-    stream = _stop_stream(dexec)
+    stream = stop_stream(dexec)
     print(f"{case}: playbook {play_seconds:.1f} s, stream {stream}")
     assert stream["seconds"] > play_seconds
     assert stream["unsynchronized"] == 0, stream

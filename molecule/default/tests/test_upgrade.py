@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_rollout import _active, _running, _start_stream, _stop_stream
+from test_rollout import _active, _running, _start_stream
+
+from tests.support.molecule import stop_stream
 
 REPO = Path(__file__).resolve().parents[3]
 RATE = 500
@@ -56,7 +58,7 @@ def test_upgrade_rolls_a_new_release_then_stops_at_a_bad_one(
     good = _source_copy(tmp_path, "good", f"# upgrade test: new release {time.time_ns()}\n")
     _start_stream(dexec, RATE)
     r = playbook("playbooks/upgrade.yml", "-e", f"ntp_frontend_source_dir={good}", *addr)
-    stream = _stop_stream(dexec)
+    stream = stop_stream(dexec)
     assert r.returncode == 0, r.stdout[-3000:]
     second = _active(dexec)
     new_release = _release(dexec, second)

@@ -4,41 +4,20 @@ Every file there corrupted or deleted, then a release that cannot synchronize, u
 stream: nothing lost, late or LI=3, the serving colour keeps serving, and exactly one colour is
 active and enabled. Both colours found running: the run ends with exactly one, losing nothing."""
 
-import json
 import time
 
 import pytest
 from conftest import COLOURS, colours, enabled, flat, serving, wait_synchronized
+
+from tests.support.molecule import start_stream, stop_stream
 
 RATE = 500
 MAX_SECONDS = 240  # hard bound on each stream
 
 
 def _start_stream(dexec) -> None:
-    dexec("rm", "-f", "/tmp/pyr-test/started", "/tmp/pyr-test/stop", "/tmp/pyr-test/stream.json")
-    dexec(
-        "sh",
-        "-c",
-        "nohup python3 /tmp/pyr-test/ntp_stream.py --host 127.0.0.1 --port 123"
-        f" --rate {RATE} --max-seconds {MAX_SECONDS} --late 1.0"
-        " --started-file /tmp/pyr-test/started --stop-file /tmp/pyr-test/stop"
-        " --out /tmp/pyr-test/stream.json >/tmp/pyr-test/stream.log 2>&1 &",
-    )
-    for _ in range(50):
-        if dexec("test", "-e", "/tmp/pyr-test/started", check=False).returncode == 0:
-            break
-        time.sleep(0.1)
+    start_stream(dexec, RATE, MAX_SECONDS, extra=("--late", "1.0"))
     time.sleep(1)
-
-
-def _stop_stream(dexec) -> dict:
-    dexec("touch", "/tmp/pyr-test/stop")
-    for _ in range(150):
-        r = dexec("cat", "/tmp/pyr-test/stream.json", check=False)
-        if r.returncode == 0:
-            return json.loads(r.stdout)
-        time.sleep(0.1)
-    raise AssertionError(dexec("cat", "/tmp/pyr-test/stream.log", check=False).stdout)
 
 
 def _assert_clean(stream: dict, play_seconds: float) -> None:
@@ -75,7 +54,7 @@ def test_lying_state_and_a_release_that_cannot_sync(container, dexec, playbook, 
     )
     play_seconds = time.monotonic() - t0
     time.sleep(1)
-    stream = _stop_stream(dexec)
+    stream = stop_stream(dexec, wait=15.0)
     print(f"cannot-sync rollout: playbook {play_seconds:.1f} s, stream {stream}")
     out = flat(r.stdout + r.stderr)
     assert r.returncode != 0, out[-3000:]
@@ -125,7 +104,7 @@ def test_both_colours_running_end_with_one(container, dexec, playbook, tools_in_
     r = playbook("site.yml", "-e", "ntp_frontend_watchdog_sec=31")
     play_seconds = time.monotonic() - t0
     time.sleep(1)
-    stream = _stop_stream(dexec)
+    stream = stop_stream(dexec, wait=15.0)
     print(f"both colours + unit change: playbook {play_seconds:.1f} s, stream {stream}")
     assert r.returncode == 0, r.stdout[-3000:]
     assert "both colours are serving" in flat(r.stdout), r.stdout[-3000:]
