@@ -4,27 +4,20 @@ and never reaches the second host; a good release then reaches both, batch by ba
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-SCENARIO = Path(__file__).resolve().parents[1]
-REPO = SCENARIO.parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.support.ansible import run_playbook  # noqa: E402
+from tests.support.ansible import run_playbook
+from tests.support.molecule import REPO, docker_exec
 
 PREFIX = os.environ.get("PYR_MOLECULE_PREFIX", "pyresponder")
 HOSTS = [f"{PREFIX}-fleet-a", f"{PREFIX}-fleet-b"]  # inventory order = batch order
 
 
 def _dexec(name: str, *argv: str) -> str:
-    return subprocess.run(
-        ["docker", "exec", name, *argv], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
+    return docker_exec(name, *argv).stdout
 
 
 def _ip(name: str) -> str:
